@@ -1,0 +1,22 @@
+"""mosa: Mixture of Sparse Adapters (MoSA) for parameter-efficient tuning of timm backbones."""
+
+from mosa.checkpoint import CheckpointError, load_adapter, read_adapter_config, save_adapter
+from mosa.config import ConfigError, MethodConfig
+from mosa.model import get_rng_state, inject, merge, set_rng_state, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "MethodConfig",
+    "__version__",
+    "get_rng_state",
+    "inject",
+    "load_adapter",
+    "merge",
+    "read_adapter_config",
+    "save_adapter",
+    "set_rng_state",
+    "summary",
+]

@@ -1,0 +1,129 @@
+"""Bottleneck adapters (AdaptFormer, Pfeiffer, Houlsby) whose projections may be MoSA-split."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from mosa.adapters.sparse import MoSALinear
+from mosa.config import MethodConfig
+
+_ACTIVATIONS = {"adaptformer": nn.GELU, "pfeiffer": nn.ReLU, "houlsby": nn.SiLU}
+
+
+def dense_linear(
+    in_features: int, out_features: int, init: str, generator: torch.Generator, bias: bool = True
+) -> nn.Linear:
+    """A dense projection with adapter-style init: Kaiming-uniform or zero weight, zero bias."""
+    lin = nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=generator)
+        else:
+            lin.weight.zero_()
+        if bias:
+            lin.bias.zero_()
+    return lin
+
+
+def make_projection(
+    in_features: int,
+    out_features: int,
+    *,
+    split: bool,
+    init: str,
+    config: MethodConfig,
+    generator: torch.Generator,
+    route_seed: int,
+    bias: bool = True,
+) -> nn.Module:
+    """A dense ``nn.Linear`` or, when ``split``, a :class:`MoSALinear` with the config's options."""
+    if not split:
+        return dense_linear(in_features, out_features, init, generator, bias)
+    return MoSALinear(
+        in_features,
+        out_features,
+        num_experts=config.num_experts,
+        bias=bias,
+        init=init,
+        granularity=config.granularity,
+        merge=config.merge,
+        routing=config.routing,
+        generator=generator,
+        route_seed=route_seed,
+    )
+
+
+class Adapter(nn.Module):
+    """``scale * Up(Dropout(Act(Down(LN(x)))))``; LN only for AdaptFormer and Pfeiffer.
+
+    The module also carries the forward hooks that place it inside a backbone block without
+    touching the block's class or its parameter names:
+
+    * ``parallel``: added to the output of the hooked module, fed by the module's input or,
+      with a tap, by the input of another module (AdaptFormer on ViT reads the residual
+      stream before ``norm2`` and adds after ``ls2``);
+    * ``sequential``: ``h + adapter(h)`` on the hooked module's output (Pfeiffer, Houlsby).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        config: MethodConfig,
+        generator: torch.Generator,
+        route_seed: int,
+        channels_first: bool = False,
+    ) -> None:
+        super().__init__()
+        style = config.style
+        r = config.bottleneck
+        self.style = style
+        self.scale = config.adapter_scale
+        self.channels_first = channels_first
+        self.norm = nn.LayerNorm(dim) if style in ("adaptformer", "pfeiffer") else nn.Identity()
+        self.down = make_projection(
+            dim,
+            r,
+            split=config.split_down,
+            init="kaiming",
+            config=config,
+            generator=generator,
+            route_seed=route_seed,
+        )
+        self.act = _ACTIVATIONS[style]()
+        self.drop = nn.Dropout(config.dropout)
+        self.up = make_projection(
+            r,
+            dim,
+            split=config.split_up,
+            init="zero",
+            config=config,
+            generator=generator,
+            route_seed=route_seed + 1,
+        )
+        self._tapped: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_first:  # ConvNeXt with conv_mlp keeps NCHW
+            return self.forward(x.movedim(1, -1)).movedim(-1, 1)
+        h = self.up(self.drop(self.act(self.down(self.norm(x)))))
+        return h * self.scale if self.scale != 1.0 else h
+
+    # ------------------------------------------------------------------ hooks
+    def tap_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._tapped = args[0]
+
+    def parallel_tap_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        x, self._tapped = self._tapped, None
+        if x is None:
+            raise RuntimeError("adapter tap was not filled: the block's forward order changed")
+        return output + self(x)
+
+    def parallel_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return output + self(args[0])
+
+    def sequential_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return output + self(output)

@@ -1,0 +1,124 @@
+"""The MoSA split projection: N sparse experts stored as ONE trainable tensor and an owner index."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mosa.adapters.partition import make_partition
+
+
+class MoSALinear(nn.Module):
+    """A linear projection split into ``num_experts`` disjoint sparse experts.
+
+    Expert ``i`` has weight ``W0`` (the initial value) everywhere except on its own entries
+    ``owner == i``, where it holds the trained values ``weight``. In training, every forward
+    activates one expert drawn from a seeded generator (``routing="batch"``: one pick for the
+    batch; ``"sample"``: one pick per item of the leading dimension), so only that expert's
+    entries receive gradient. In eval, the merged weight (``mean`` or ``sum`` of the experts) is
+    used. ``W0`` is stored only when it is non-zero (a zero-initialised projection needs none),
+    so the module never holds N copies. The bias is dense and trained every step.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        num_experts: int,
+        bias: bool = True,
+        init: str = "zero",
+        granularity: str = "element",
+        merge: str = "mean",
+        routing: str = "batch",
+        generator: torch.Generator | None = None,
+        route_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.num_experts = num_experts
+        self.merge_rule = merge
+        self.routing = routing
+        weight = torch.zeros(out_features, in_features)
+        if init == "kaiming":
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+        elif init != "zero":
+            raise ValueError(f"init must be 'zero' or 'kaiming', got {init!r}")
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        owner = make_partition((out_features, in_features), num_experts, granularity, generator)
+        self.register_buffer("owner", owner)
+        if init == "zero":
+            self.weight_init: torch.Tensor | None = None
+        else:
+            self.register_buffer("weight_init", weight.detach().clone())
+        self._route_gen = torch.Generator().manual_seed(int(route_seed))
+        self.last_expert: torch.Tensor | int | None = None
+
+    # ------------------------------------------------------------------ experts
+    def expert_weight(self, k: int) -> torch.Tensor:
+        """The dense weight of expert ``k`` (differentiable in ``weight`` on its entries only)."""
+        mask = self.owner == k
+        if self.weight_init is None:
+            return self.weight * mask
+        return torch.where(mask, self.weight, self.weight_init)
+
+    def merged_weight(self) -> torch.Tensor:
+        """Mean (or sum) of the N experts: ((N-1)·W0 + Θ)/N, or (N-1)·W0 + Θ."""
+        n = self.num_experts
+        total = self.weight if self.weight_init is None else self.weight + (n - 1) * self.weight_init
+        return total / n if self.merge_rule == "mean" else total
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding the merged weight (the deployable form)."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        lin = lin.to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.merged_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        lin.weight.requires_grad_(self.weight.requires_grad)
+        if lin.bias is not None and self.bias is not None:
+            lin.bias.requires_grad_(self.bias.requires_grad)
+        return lin
+
+    # ------------------------------------------------------------------ routing state
+    def get_rng_state(self) -> torch.Tensor:
+        return self._route_gen.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._route_gen.set_state(state)
+
+    def _draw(self, n: int) -> torch.Tensor:
+        return torch.randint(self.num_experts, (n,), generator=self._route_gen)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.linear(x, self.merged_weight(), self.bias)
+        if self.routing == "batch" or x.dim() < 2:
+            k = int(self._draw(1))
+            self.last_expert = k
+            return F.linear(x, self.expert_weight(k), self.bias)
+        # per-sample routing: gather each item's expert weight and use a batched matmul
+        picks = self._draw(x.shape[0])
+        self.last_expert = picks
+        experts = torch.arange(self.num_experts, device=self.owner.device).view(-1, 1, 1)
+        masks = self.owner.unsqueeze(0) == experts  # (N, out, in)
+        init = self.weight_init if self.weight_init is not None else self.weight.new_zeros(())
+        stacked = torch.where(masks, self.weight.unsqueeze(0), init)
+        w = stacked[picks.to(self.owner.device)]  # (B, out, in)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = torch.bmm(flat, w.transpose(1, 2)).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"num_experts={self.num_experts}, merge={self.merge_rule}, routing={self.routing}, "
+            f"stores_init={self.weight_init is not None}"
+        )

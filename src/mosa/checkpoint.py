@@ -1,0 +1,192 @@
+"""Adapter-only checkpoints: ``adapter_config.json`` + ``adapter.safetensors`` (never pickles)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mosa.config import MethodConfig
+from mosa.model import adapter_state_dict, config_of, inject, merge
+
+FORMAT = "mosa-adapter"
+FORMAT_VERSION = 1
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def backbone_name(model: nn.Module) -> str | None:
+    """timm's architecture name of ``model`` (from its pretrained_cfg), if known."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or getattr(model, "mosa_backbone", None)
+
+
+def num_classes_of(model: nn.Module) -> int | None:
+    return getattr(model, "num_classes", None)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        # clone: safetensors refuses tensors that share storage (tied weights, views)
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+            tmp,
+            metadata=metadata,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
+    """Write only what was trained (plus partitions and initial values needed to resume)."""
+    cfg = config_of(model)
+    directory = Path(directory)
+    tensors = adapter_state_dict(model)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone_name(model),
+        "num_classes": num_classes_of(model),
+        "method": cfg.to_dict(),
+        "merged": bool(getattr(model, "mosa_merged", False)),
+        "folded": list(getattr(model, "mosa_folded", [])),
+        "versions": {"torch": torch.__version__, "mosa": _mosa_version()},
+    }
+    atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    atomic_write_json(directory / CONFIG_NAME, meta)
+    return directory
+
+
+def _mosa_version() -> str:
+    from mosa import __version__
+
+    return __version__
+
+
+def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of a checkpoint folder, validated."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} not found: point at a folder written by mosa.save_adapter / mosa train"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a mosa adapter config (format={meta.get('format')})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {meta['format_version']}, newer than this mosa "
+            f"({FORMAT_VERSION}): upgrade mosa"
+        )
+    return meta
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Restore a checkpoint into ``model`` (injecting its method first if needed) and return it.
+
+    Loading into another backbone, another class count or a changed config fails with an
+    error naming the mismatched fields, keys and shapes.
+    """
+    directory = Path(directory)
+    meta = read_adapter_config(directory)
+    cfg = MethodConfig.from_dict(meta["method"])
+    want = meta.get("backbone")
+    have = backbone_name(model)
+    if want and have and want != have:
+        raise CheckpointError(
+            f"{directory} was trained on backbone {want!r} but the model is {have!r}: "
+            f"create the model with timm.create_model({want!r}, ...)"
+        )
+    current = getattr(model, "mosa_config", None)
+    if current is None:
+        inject(model, cfg)
+    elif current != cfg:
+        diff = {
+            k: (v, cfg.to_dict()[k]) for k, v in current.to_dict().items() if cfg.to_dict()[k] != v
+        }
+        raise CheckpointError(
+            f"{directory} was saved with a different method config; differing fields "
+            f"(model, checkpoint): {diff}"
+        )
+    if meta.get("merged") and not getattr(model, "mosa_merged", False):
+        merge(model)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found: the checkpoint folder is incomplete")
+    try:
+        loaded = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights} could not be read ({e}); the file is corrupt") from e
+    expected = adapter_state_dict(model)
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(loaded))
+        if loaded[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{directory} does not fit this model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_few(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_few(unexpected)}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): {_few(shapes)}")
+        if meta.get("num_classes") not in (None, num_classes_of(model)):
+            lines.append(
+                f"  the checkpoint has {meta['num_classes']} classes, the model "
+                f"{num_classes_of(model)}: create it with num_classes={meta['num_classes']}"
+            )
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for k, t in expected.items():
+            t.copy_(loaded[k].to(dtype=t.dtype))
+    return model
+
+
+def _few(items: list[str], n: int = 6) -> str:
+    more = f", ... (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

@@ -1,0 +1,163 @@
+"""Typed, validated configuration of a fine-tuning method (PEFT-style dataclass with JSON round trip)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS = ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
+STYLES = ("adaptformer", "pfeiffer", "houlsby")
+SHARES = ("down", "up", "none")
+GRANULARITIES = ("element", "row", "column")
+MERGES = ("mean", "sum")
+ROUTINGS = ("batch", "sample")
+LORA_TARGETS = ("q", "k", "v", "o", "mlp")
+
+# AdaptFormer scales its parallel branch; the sequential styles add it unscaled.
+DEFAULT_SCALE = {"adaptformer": 0.1, "pfeiffer": 1.0, "houlsby": 1.0}
+
+
+class ConfigError(ValueError, TypeError):
+    """A configuration key or value is unknown or impossible; the message names the field."""
+
+
+def _check_keys(cls: type, keys: Any) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in keys:
+        if k not in names:
+            hint = difflib.get_close_matches(k, names, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"unknown {cls.__name__} option {k!r}{extra}; known: {', '.join(names)}"
+            )
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}{extra}")
+
+
+@dataclass
+class MethodConfig:
+    """How a backbone is adapted: the method and every option it takes.
+
+    ``method`` is one of ``linear`` (head only), ``full``, ``adapter``, ``lora``, ``mosa``
+    (MoSA on the adapter) and ``mosa_lora`` (MoSA on LoRA). Options that a method does not
+    use are kept (so one config can be swept over methods) but still validated.
+    """
+
+    method: str = "mosa"
+    # adapter
+    style: str = "adaptformer"
+    bottleneck: int = 16
+    scale: float | None = None
+    dropout: float = 0.1
+    # lora
+    rank: int = 16
+    alpha: float | None = None
+    targets: tuple[str, ...] = field(default=("q", "v"))
+    # mosa
+    num_experts: int = 4
+    share: str = "down"
+    granularity: str = "element"
+    merge: str = "mean"
+    routing: str = "batch"
+    seed: int = 3407
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> MethodConfig:
+        # Checked before the generated __init__ so a typo gets a suggestion, not a bare TypeError.
+        _check_keys(cls, kwargs)
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        self.targets = tuple(self.targets)
+        _choice("method", self.method, METHODS)
+        _choice("style", self.style, STYLES)
+        _choice("share", self.share, SHARES)
+        _choice("granularity", self.granularity, GRANULARITIES)
+        _choice("merge", self.merge, MERGES)
+        _choice("routing", self.routing, ROUTINGS)
+        for t in self.targets:
+            _choice("targets", t, LORA_TARGETS)
+        if not self.targets:
+            raise ConfigError("targets must name at least one of " + ", ".join(LORA_TARGETS))
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"targets={list(self.targets)} names a projection twice")
+        for name in ("bottleneck", "rank", "num_experts", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} must be an integer, got {v!r}")
+        if self.bottleneck < 1:
+            raise ConfigError(f"bottleneck must be >= 1, got {self.bottleneck}")
+        if self.rank < 1:
+            raise ConfigError(f"rank must be >= 1, got {self.rank}")
+        if not 2 <= self.num_experts <= 255:
+            raise ConfigError(
+                f"num_experts must be between 2 and 255, got {self.num_experts} "
+                "(one expert is a plain adapter: use method='adapter' or 'lora')"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.scale is not None and not float(self.scale) > 0:
+            raise ConfigError(f"scale must be > 0, got {self.scale}")
+        if self.alpha is not None and not float(self.alpha) > 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+
+    # ----------------------------------------------------------------- derived values
+    @property
+    def is_mosa(self) -> bool:
+        """True for the methods that split projections into sparse experts."""
+        return self.method in ("mosa", "mosa_lora")
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.method in ("adapter", "mosa")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method in ("lora", "mosa_lora")
+
+    @property
+    def adapter_scale(self) -> float:
+        return float(self.scale) if self.scale is not None else DEFAULT_SCALE[self.style]
+
+    @property
+    def lora_scaling(self) -> float:
+        alpha = float(self.alpha) if self.alpha is not None else float(self.rank)
+        return alpha / self.rank
+
+    @property
+    def split_down(self) -> bool:
+        """Whether the down (adapter) / A (LoRA) projection is split into experts."""
+        return self.is_mosa and self.share in ("up", "none")
+
+    @property
+    def split_up(self) -> bool:
+        """Whether the up (adapter) / B (LoRA) projection is split into experts."""
+        return self.is_mosa and self.share in ("down", "none")
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
+        """Build from a mapping, with a clear error for a misspelt key."""
+        _check_keys(cls, d)
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> MethodConfig:
+        return cls.from_dict(json.loads(text))

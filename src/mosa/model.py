@@ -1,0 +1,221 @@
+"""Model-level API: inject a method into a timm backbone, merge it, count its parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from mosa.adapters.adapter import Adapter
+from mosa.adapters.lora import LoRA
+from mosa.adapters.sparse import MoSALinear
+from mosa.backbones.arch import find_architecture
+from mosa.config import MethodConfig
+
+PREFIX = "mosa_"  # every submodule mosa adds is registered under a name starting with this
+
+
+def config_of(model: nn.Module) -> MethodConfig:
+    """The method config a model was injected with (error if it was not)."""
+    cfg = getattr(model, "mosa_config", None)
+    if cfg is None:
+        raise ValueError("this model has no mosa method: call mosa.inject(model, config) first")
+    return cfg
+
+
+def _route_seed(seed: int, index: int) -> int:
+    # distinct, reproducible stream per split projection (each site uses a few consecutive seeds)
+    return (seed * 1_000_003 + 64 * index) % (2**63 - 1)
+
+
+def _attach_hook(site_hooked: nn.Module, hook: object, pre: bool = False) -> None:
+    if pre:
+        site_hooked.register_forward_pre_hook(hook)  # type: ignore[arg-type]
+    else:
+        site_hooked.register_forward_hook(hook)  # type: ignore[arg-type]
+
+
+def _detach_hooks(module: nn.Module, owner: nn.Module) -> None:
+    for hooks in (module._forward_hooks, module._forward_pre_hooks):
+        for key, fn in list(hooks.items()):
+            if getattr(fn, "__self__", None) is owner:
+                del hooks[key]
+
+
+def head_module_name(model: nn.Module) -> str | None:
+    """Dotted name of the classifier (``model.get_classifier()``), or None if it has none."""
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        return None
+    head = get()
+    for name, mod in model.named_modules():
+        if mod is head:
+            return name
+    return None
+
+
+def _reference_param(model: nn.Module) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
+    """Add ``config``'s method to every block of a timm model, in place, and return the model.
+
+    The backbone is frozen (except for ``full``), the classifier head stays trainable, and
+    new modules are registered under ``mosa_*`` names and attached with forward hooks, so the
+    backbone's own parameter names and classes are untouched.
+    """
+    if not isinstance(config, MethodConfig):
+        raise TypeError(f"config must be a mosa.MethodConfig, got {type(config).__name__}")
+    if getattr(model, "mosa_config", None) is not None:
+        raise ValueError("this model already has a mosa method injected; create a fresh model")
+    ref = _reference_param(model)
+    for p in model.parameters():
+        p.requires_grad_(config.method == "full")
+    gen = torch.Generator().manual_seed(config.seed)
+    index = 0
+    if config.uses_adapter or config.uses_lora:
+        arch = find_architecture(model)
+        for block_name, block in arch.blocks(model):
+            if config.uses_adapter:
+                for site in arch.adapter_sites(block, config.style):
+                    ad = Adapter(
+                        site.dim,
+                        config,
+                        gen,
+                        _route_seed(config.seed, index),
+                        channels_first=site.channels_first,
+                    )
+                    index += 1
+                    block.add_module(site.name, ad.to(device=ref.device, dtype=ref.dtype))
+                    if site.mode == "parallel_tap":
+                        _attach_hook(site.tap, ad.tap_hook, pre=True)
+                        _attach_hook(site.hooked, ad.parallel_tap_hook)
+                    elif site.mode == "parallel":
+                        _attach_hook(site.hooked, ad.parallel_hook)
+                    else:
+                        _attach_hook(site.hooked, ad.sequential_hook)
+            if config.uses_lora:
+                available = arch.lora_targets(block)
+                missing = [t for t in config.targets if t not in available]
+                if missing:
+                    raise ValueError(
+                        f"LoRA targets {missing} do not exist in {block_name} "
+                        f"({type(block).__name__}); available: {sorted(available) or 'none'}"
+                    )
+                by_path: dict[str, dict[str, slice]] = {}
+                for t in config.targets:
+                    for target in available[t]:
+                        by_path.setdefault(target.path, {}).update(target.parts)
+                for path, parts in by_path.items():
+                    layer = block.get_submodule(path)
+                    lora = LoRA(layer, parts, config, gen, _route_seed(config.seed, index))
+                    index += 1
+                    layer.add_module(PREFIX + "lora", lora.to(device=ref.device, dtype=ref.dtype))
+                    _attach_hook(layer, lora.hook)
+    head = head_module_name(model)
+    if head is not None:
+        for p in model.get_submodule(head).parameters():
+            p.requires_grad_(True)
+    model.mosa_config = config
+    model.mosa_merged = False
+    model.mosa_folded = []
+    return model
+
+
+def _replace_split_projections(model: nn.Module) -> None:
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, MoSALinear):
+                setattr(parent, child_name, child.to_linear())
+
+
+@torch.no_grad()
+def merge(model: nn.Module) -> nn.Module:
+    """Turn a trained model into its deployable form, in place, and return it.
+
+    MoSA experts become one dense projection (mean or sum rule); LoRA and MoSA-LoRA updates
+    are folded into the backbone's own Linear weights and their modules removed, so such a
+    model's ``state_dict()`` loads into an unmodified ``timm.create_model`` of the same name.
+    """
+    config_of(model)
+    folded: list[str] = list(getattr(model, "mosa_folded", []))
+    for name, layer in list(model.named_modules()):
+        lora = layer._modules.get(PREFIX + "lora")
+        if isinstance(layer, nn.Linear) and isinstance(lora, LoRA):
+            lora.fold_into(layer)
+            _detach_hooks(layer, lora)
+            del layer._modules[PREFIX + "lora"]
+            folded.append(name)
+    _replace_split_projections(model)
+    model.mosa_merged = True
+    model.mosa_folded = folded
+    return model
+
+
+def mosa_modules(model: nn.Module) -> Iterator[MoSALinear]:
+    for m in model.modules():
+        if isinstance(m, MoSALinear):
+            yield m
+
+
+def get_rng_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Routing-generator states of every split projection (to resume training exactly)."""
+    return {n: m.get_rng_state() for n, m in model.named_modules() if isinstance(m, MoSALinear)}
+
+
+def set_rng_state(model: nn.Module, states: dict[str, torch.Tensor]) -> None:
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, MoSALinear)}
+    if set(mods) != set(states):
+        raise ValueError("routing state does not match this model's split projections")
+    for n, m in mods.items():
+        m.set_rng_state(states[n])
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What an adapter-only checkpoint holds: every tensor of mosa's modules (partitions and
+    initial values included), the classifier head, layers that merging folded LoRA into, and
+    for ``full`` fine-tuning the whole model."""
+    cfg = config_of(model)
+    sd = model.state_dict()
+    if cfg.method == "full":
+        return dict(sd)
+    head = head_module_name(model)
+    keep_prefixes = tuple(f"{n}." for n in getattr(model, "mosa_folded", []))
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if (
+            any(p.startswith(PREFIX) for p in parts)
+            or (head is not None and (head == "" or k.startswith(head + ".")))
+            or (keep_prefixes and k.startswith(keep_prefixes) and parts[-1] in ("weight",))
+        ):
+            out[k] = v
+    return out
+
+
+def summary(model: nn.Module) -> dict[str, object]:
+    """Parameter counts: ``trainable``, ``total``, ``adapter`` (mosa modules), ``head``,
+    ``stored`` (elements an adapter checkpoint holds) and the method."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    adapter = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if any(s.startswith(PREFIX) for s in n.split("."))
+    )
+    head = head_module_name(model)
+    head_n = sum(p.numel() for p in model.get_submodule(head).parameters()) if head else 0
+    cfg = getattr(model, "mosa_config", None)
+    stored = sum(v.numel() for v in adapter_state_dict(model).values()) if cfg else None
+    return {
+        "method": cfg.method if cfg else None,
+        "trainable": trainable,
+        "total": total,
+        "adapter": adapter,
+        "head": head_n,
+        "stored": stored,
+        "trainable_pct": 100.0 * trainable / max(total, 1),
+        "merged": bool(getattr(model, "mosa_merged", False)),
+    }
