@@ -1,0 +1,148 @@
+"""Run configuration: backbone, method, data, optimisation — typed, validated, YAML/JSON friendly."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from mosa.config import ConfigError, MethodConfig, _check_keys
+
+DATA_KINDS = ("vtab", "fgvc", "folder", "cifar100", "food101", "aircraft")
+
+
+@dataclass
+class DataConfig:
+    """One data set. Model selection uses ``val_split``; the final model is scored on ``test_split``."""
+
+    kind: str = "vtab"
+    root: str = "data/vtab"
+    task: str = "digits"
+    train_split: str = "train800"
+    val_split: str | None = "val200"
+    test_split: str | None = "test"
+    img_size: int | None = None  # None: the backbone's pretrained input size
+    mean: tuple[float, float, float] | None = None  # None: the backbone's pretrained_cfg
+    std: tuple[float, float, float] | None = None
+    shots: int | None = None  # k labelled images per class drawn from the train split
+    cache: bool = True
+    name: str | None = None  # task name in multi-task runs (default: task)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DataConfig:
+        _check_keys(cls, kwargs)
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ConfigError(f"data.kind={self.kind!r} is not one of {', '.join(DATA_KINDS)}")
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"data.shots must be >= 1, got {self.shots}")
+        if self.img_size is not None and self.img_size < 8:
+            raise ConfigError(f"data.img_size must be >= 8, got {self.img_size}")
+        for k in ("mean", "std"):
+            v = getattr(self, k)
+            if v is not None:
+                if len(v) != 3:
+                    raise ConfigError(f"data.{k} must have 3 values, got {v}")
+                setattr(self, k, tuple(float(x) for x in v))
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, stepped per iteration."""
+
+    lr: float = 5e-3
+    weight_decay: float = 0.01
+    epochs: int = 100
+    warmup_epochs: int = 10
+    batch_size: int = 128
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    # MoSA consistency regularisation: None = 1.0 for mosa/mosa_lora, 0 for the rest
+    consistency: float | None = None
+    deep_consistency: float = 0.0  # weight of the hidden-state MSE of the first blocks
+    deep_consistency_blocks: int = 1
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU; "bf16" | "off"
+    min_lr: float = 0.0
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> OptimConfig:
+        _check_keys(cls, kwargs)
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.epochs < 1:
+            raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(
+                f"optim.warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"optim.batch_size must be >= 1, got {self.batch_size}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"optim.amp must be auto, bf16 or off, got {self.amp!r}")
+        if self.consistency is not None and self.consistency < 0:
+            raise ConfigError(f"optim.consistency must be >= 0, got {self.consistency}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one ``mosa train`` run needs. ``data`` is one data set, or several for
+    multi-task training (one shared adapter, one head per task)."""
+
+    backbone: str = "mosa_vit_fmnist"
+    pretrained: bool = True
+    weights: str | None = None  # local .safetensors / .npz / .pth file for the backbone
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: list[DataConfig] = field(default_factory=lambda: [DataConfig()])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 3407
+    out: str = "runs/run"
+    device: str = "auto"  # auto: cuda when available
+    task_sampling: str = "proportional"  # multi-task: proportional | uniform
+    joint_head: bool = False  # multi-task: one head over the union of classes
+    num_workers: int = 0
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
+        _check_keys(cls, kwargs)
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, dict):
+            self.method = MethodConfig.from_dict(self.method)
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        if isinstance(self.data, (dict, DataConfig)):
+            self.data = [self.data]
+        self.data = [DataConfig(**d) if isinstance(d, dict) else d for d in self.data]
+        if not self.data:
+            raise ConfigError("data must name at least one data set")
+        labels = [d.label for d in self.data]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"data sets need distinct names in a multi-task run, got {labels}")
+        if self.task_sampling not in ("proportional", "uniform"):
+            raise ConfigError(
+                f"task_sampling must be proportional or uniform, got {self.task_sampling!r}"
+            )
+
+    @property
+    def consistency_weight(self) -> float:
+        if self.optim.consistency is not None:
+            return float(self.optim.consistency)
+        return 1.0 if self.method.is_mosa else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method"] = self.method.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**d)
