@@ -42,7 +42,9 @@ class ImageDataset(Dataset):
         self.name = name
         self.split = split
         self._cache = (
-            UInt8Cache(len(self.targets), cache_max_bytes, name=f"{name}/{split}") if cache else None
+            UInt8Cache(len(self.targets), cache_max_bytes, name=f"{name}/{split}")
+            if cache
+            else None
         )
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ from exhausting memory: past the budget, items are simply not stored and are re-
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import torch
@@ -19,12 +20,15 @@ DEFAULT_CACHE_MAX_BYTES = int(float(os.environ.get("MOSA_CACHE_MAX_GB", "4")) * 
 class UInt8Cache:
     """Fixed-length slot store for uint8 tensors with a total byte budget."""
 
-    def __init__(self, length: int, max_bytes: int = DEFAULT_CACHE_MAX_BYTES, name: str = "") -> None:
+    def __init__(
+        self, length: int, max_bytes: int = DEFAULT_CACHE_MAX_BYTES, name: str = ""
+    ) -> None:
         self._slots: list[torch.Tensor | None] = [None] * length
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self.name = name
         self._warned = False
+        self._lock = threading.Lock()  # preload() fills from several threads
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -37,6 +41,10 @@ class UInt8Cache:
         """Store ``x`` at ``index`` unless the budget is spent; return whether it was stored."""
         if x.dtype != torch.uint8:
             raise TypeError(f"UInt8Cache stores uint8 tensors, got {x.dtype}")
+        with self._lock:
+            return self._put_locked(index, x)
+
+    def _put_locked(self, index: int, x: torch.Tensor) -> bool:
         if self._slots[index] is not None:
             return True
         size = x.numel()
@@ -47,7 +55,7 @@ class UInt8Cache:
                     f"image cache{' of ' + self.name if self.name else ''} reached its budget of "
                     f"{self.max_bytes / 2**30:.1f} GiB; remaining images are decoded on every "
                     "access (raise MOSA_CACHE_MAX_GB or lower the image size)",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return False
         self._slots[index] = x
@@ -61,5 +69,16 @@ class UInt8Cache:
 
     def clear(self) -> None:
         """Drop everything."""
-        self._slots = [None] * len(self._slots)
-        self.nbytes = 0
+        with self._lock:
+            self._slots = [None] * len(self._slots)
+            self.nbytes = 0
+
+    def __getstate__(self) -> dict:
+        # Locks cannot be pickled (DataLoader workers with the spawn start method pickle us).
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

@@ -169,10 +169,8 @@ class FgvcDataset(FileImageDataset):
                 f"{set_dir}: split files use {len(ids)} distinct class ids but {spec.title} has "
                 f"{n} classes; check that the folder holds the right set"
             )
-        if ids[-1] < n:
-            id_map = {i: i for i in ids}
-        else:
-            id_map = {v: i for i, v in enumerate(ids)}
+        # Ids already inside 0..n-1 are kept (0-based files); others (1-based, sparse) remapped.
+        id_map = {i: i for i in ids} if ids[-1] < n else {v: i for i, v in enumerate(ids)}
 
         paths: list[str] = []
         origins: list[str] = []

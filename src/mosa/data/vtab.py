@@ -197,9 +197,7 @@ def task_classes(tdir: Path, task: str) -> list[str]:
             for ln in parse_split_file(p):
                 top = max(top, ln.label)
     if not found:
-        raise DataError(
-            f"no split files in {tdir}; expected {', '.join(SPLIT_FILES.values())}"
-        )
+        raise DataError(f"no split files in {tdir}; expected {', '.join(SPLIT_FILES.values())}")
     if top < 0:
         raise DataError(f"split files in {tdir} hold no labelled lines")
     return [str(i) for i in range(top + 1)]
