@@ -1,0 +1,32 @@
+"""Training engine: ``train(config) -> summary`` with resumable checkpoints and DDP support."""
+
+from mosa.engine.config import DataConfig, OptimConfig, TrainConfig
+from mosa.engine.errors import (
+    ClassCountError,
+    ResumeError,
+    TrainingDivergedError,
+    TrainingError,
+)
+from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
+from mosa.engine.optim import SparseAdamW, WarmupCosine, build_optimizer, lr_at
+from mosa.engine.trainer import build_backbone, seed_everything, train
+
+__all__ = [
+    "ClassCountError",
+    "DataConfig",
+    "OptimConfig",
+    "ResumeError",
+    "SparseAdamW",
+    "TrainConfig",
+    "TrainingDivergedError",
+    "TrainingError",
+    "WarmupCosine",
+    "build_backbone",
+    "build_optimizer",
+    "classification_loss",
+    "hidden_consistency",
+    "lr_at",
+    "seed_everything",
+    "symmetric_kl",
+    "train",
+]

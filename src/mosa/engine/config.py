@@ -68,6 +68,9 @@ class OptimConfig:
     deep_consistency_blocks: int = 1
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU; "bf16" | "off"
     min_lr: float = 0.0
+    # MoSA: AdamW moves, decays and step-counts only the entries of the experts picked in a
+    # step (as N separate expert copies would); False: plain AdamW on the whole split tensor
+    sparse_updates: bool = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OptimConfig:
         _check_keys(cls, kwargs)
@@ -88,6 +91,20 @@ class OptimConfig:
             raise ConfigError(f"optim.amp must be auto, bf16 or off, got {self.amp!r}")
         if self.consistency is not None and self.consistency < 0:
             raise ConfigError(f"optim.consistency must be >= 0, got {self.consistency}")
+        if self.deep_consistency < 0:
+            raise ConfigError(f"optim.deep_consistency must be >= 0, got {self.deep_consistency}")
+        if self.deep_consistency_blocks < 1:
+            raise ConfigError(
+                f"optim.deep_consistency_blocks must be >= 1, got {self.deep_consistency_blocks}"
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 (or None), got {self.grad_clip}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
 
 
 @dataclass
@@ -127,6 +144,10 @@ class TrainConfig:
         labels = [d.label for d in self.data]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"data sets need distinct names in a multi-task run, got {labels}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.task_sampling not in ("proportional", "uniform"):
             raise ConfigError(
                 f"task_sampling must be proportional or uniform, got {self.task_sampling!r}"
@@ -146,3 +167,19 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**d)
+
+
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}, "data": [{"task": "x"}]}`` -> ``{"optim.lr": 1, "data.0.task": "x"}``:
+    a config dict as dotted keys, for comparing two configs field by field."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(flatten_config(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: tree}

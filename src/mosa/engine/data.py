@@ -1,0 +1,308 @@
+"""Tasks (one data set with its splits) and their loaders, for one process of a (DDP) job.
+
+A run trains on a list of :class:`TaskData`. Today that list has one element; multi-task
+training will add per-task heads and a task sampler that interleaves the tasks' train loaders,
+which is why everything here is per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mosa.engine.config import DataConfig, TrainConfig
+from mosa.engine.distributed import DistInfo
+from mosa.engine.errors import ClassCountError
+
+log = logging.getLogger("mosa.engine")
+
+
+@dataclass
+class TaskData:
+    """The splits of one task. ``val`` is None when absent or when it is not a held-out set
+    (then ``val_note`` says why)."""
+
+    name: str
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    num_classes: int
+    val_note: str | None = None
+
+
+class LabelledSubset(Dataset):
+    """A subset that keeps the label metadata (``targets``, ``classes``, ``num_classes``,
+    ``paths``) the engine needs, unlike ``torch.utils.data.Subset``."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        all_targets = dataset_targets(base)
+        self.targets = [all_targets[i] for i in self.indices]
+        self.num_classes = dataset_num_classes(base)
+        self.classes = list(getattr(base, "classes", [])) or None
+        base_paths = getattr(base, "paths", None)
+        self.paths = [base_paths[i] for i in self.indices] if base_paths is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[self.indices[i]]
+
+
+# ----------------------------------------------------------------------------- label metadata
+def dataset_targets(ds: Dataset) -> list[int]:
+    """Integer labels of every item, from ``targets`` or a TensorDataset's second tensor."""
+    targets = getattr(ds, "targets", None)
+    if targets is None and hasattr(ds, "tensors") and len(ds.tensors) >= 2:
+        targets = ds.tensors[1]
+    if targets is None:
+        raise ValueError(
+            f"{type(ds).__name__} exposes no labels: give it a 'targets' list (mosa.data "
+            "datasets do) or use a TensorDataset(images, labels)"
+        )
+    if torch.is_tensor(targets):
+        return [int(t) for t in targets.tolist()]
+    return [int(t) for t in targets]
+
+
+def dataset_num_classes(ds: Dataset) -> int:
+    """``num_classes`` if the data set states it, else ``len(classes)``, else max label + 1."""
+    n = getattr(ds, "num_classes", None)
+    if n is not None:
+        return int(n)
+    classes = getattr(ds, "classes", None)
+    if classes:
+        return len(classes)
+    targets = dataset_targets(ds)
+    return max(targets) + 1 if targets else 0
+
+
+def head_outputs(model: nn.Module) -> int | None:
+    """Number of outputs of the model's classifier head (None if it has no linear head)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if get is not None else None
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    n = getattr(model, "num_classes", None)
+    return int(n) if n else None
+
+
+def check_class_count(model: nn.Module, task: TaskData) -> None:
+    """The head must have one output per class, and every label must be one of them."""
+    outputs = head_outputs(model)
+    if outputs != task.num_classes:
+        raise ClassCountError(
+            f"task {task.name!r} has {task.num_classes} classes but the model's classifier head "
+            f"has {outputs} outputs; build the model with num_classes={task.num_classes} "
+            "(or pass no model and let mosa.engine.train build it)"
+        )
+    for split, ds in (("train", task.train), ("val", task.val), ("test", task.test)):
+        if ds is None:
+            continue
+        targets = dataset_targets(ds)
+        if targets and (min(targets) < 0 or max(targets) >= outputs):
+            raise ClassCountError(
+                f"task {task.name!r}: the {split} split has labels in "
+                f"{min(targets)}..{max(targets)}, outside 0..{outputs - 1}"
+            )
+
+
+def val_inside_train(train: Dataset, val: Dataset, dcfg: DataConfig | None) -> bool:
+    """Whether the val split's images are all training images (VTAB's val200 is part of
+    train800val200), decided by image paths when both splits have them, else by split names."""
+    train_paths = getattr(train, "paths", None)
+    val_paths = getattr(val, "paths", None)
+    if train_paths is not None and val_paths is not None:
+        return set(val_paths) <= set(train_paths)
+    if dcfg is None:
+        return False
+    joint = {"trainval", "train800val200"}
+    return dcfg.train_split in joint and dcfg.val_split in {"val", "val200"}
+
+
+# ----------------------------------------------------------------------------- building
+def register_project_models() -> None:
+    """Import the project's timm registrations (``mosa_vit_fmnist``) if that module exists."""
+    with contextlib.suppress(ImportError):  # the backbone zoo is optional for the engine
+        import mosa.backbones.zoo  # noqa: F401
+
+
+def resolve_input(
+    config: TrainConfig, model: nn.Module | None
+) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Image size, mean and std of the backbone (from the model, or timm's registry)."""
+    cfg: Mapping[str, Any] = {}
+    size: Any = None
+    if model is not None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    else:
+        from timm.models import get_pretrained_cfg
+
+        register_project_models()
+        try:
+            found = get_pretrained_cfg(config.backbone)
+        except (RuntimeError, KeyError, ValueError):
+            found = None
+        cfg = found.to_dict() if found is not None else {}
+        size = config.backbone_kwargs.get("img_size")
+    if size is None and cfg.get("input_size"):
+        size = cfg["input_size"][-1]
+    if isinstance(size, (tuple, list)):
+        size = size[-1]
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if size is None or not mean or not std:
+        from mosa.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        log.warning(
+            "no pretrained_cfg for backbone %r: using image size 224 and ImageNet mean/std "
+            "unless the data config sets them",
+            config.backbone,
+        )
+        mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
+    return int(size or 224), tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+def resolve_data_configs(
+    config: TrainConfig, size: int, mean: Sequence[float], std: Sequence[float]
+) -> list[DataConfig]:
+    """The data configs with image size and normalisation filled in from the backbone."""
+    return [
+        dataclasses.replace(
+            d,
+            img_size=d.img_size or size,
+            mean=tuple(d.mean or mean),
+            std=tuple(d.std or std),
+        )
+        for d in config.data
+    ]
+
+
+def _few_shot(ds: Dataset, shots: int, seed: int) -> LabelledSubset:
+    from mosa.data.fewshot import few_shot_indices
+
+    return LabelledSubset(ds, few_shot_indices(dataset_targets(ds), shots, seed))
+
+
+def build_tasks(
+    data_configs: Sequence[DataConfig],
+    seed: int,
+    datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+) -> list[TaskData]:
+    """One :class:`TaskData` per data config, from ``mosa.data.build_dataset`` or from
+    pre-built data sets: a mapping ``{"train": ds, "val": ds or None, "test": ds or None}``
+    (one task) or a list of such mappings (one per data config)."""
+    if datasets is not None:
+        given = [datasets] if isinstance(datasets, Mapping) else list(datasets)
+        if len(given) != len(data_configs):
+            raise ValueError(
+                f"{len(given)} pre-built data set group(s) for {len(data_configs)} data config(s)"
+            )
+        for g in given:
+            if "train" not in g:
+                raise ValueError("pre-built data sets need a 'train' entry (and optional val/test)")
+    tasks = []
+    for i, dcfg in enumerate(data_configs):
+        if datasets is not None:
+            splits = {k: given[i].get(k) for k in ("train", "val", "test")}
+        else:
+            splits = _build_splits(dcfg)
+        train = splits["train"]
+        if dcfg.shots is not None:
+            train = _few_shot(train, dcfg.shots, seed)
+        val, note = splits["val"], None
+        if val is not None and val_inside_train(train, val, dcfg):
+            note = (
+                f"val split {dcfg.val_split!r} is contained in the train split "
+                f"{dcfg.train_split!r}: it is not held out, so no validation accuracy is reported"
+            )
+            val = None
+        num_classes = dataset_num_classes(train)
+        tasks.append(TaskData(dcfg.label, train, val, splits["test"], num_classes, note))
+    return tasks
+
+
+def _build_splits(dcfg: DataConfig) -> dict[str, Dataset | None]:
+    from mosa.data import build_dataset
+
+    def make(split: str | None, train: bool) -> Dataset | None:
+        if split is None:
+            return None
+        return build_dataset(
+            dcfg.kind,
+            dcfg.root,
+            dcfg.task,
+            split,
+            img_size=int(dcfg.img_size),  # resolved before this is called
+            mean=dcfg.mean,
+            std=dcfg.std,
+            train=train,
+            cache=dcfg.cache,
+        )
+
+    return {
+        "train": make(dcfg.train_split, True),
+        "val": make(dcfg.val_split, False),
+        "test": make(dcfg.test_split, False),
+    }
+
+
+# ----------------------------------------------------------------------------- loaders
+def per_rank_batch(global_batch: int, info: DistInfo) -> int:
+    if global_batch % info.world_size:
+        raise ValueError(
+            f"optim.batch_size={global_batch} is the global batch and must be divisible by the "
+            f"number of processes ({info.world_size})"
+        )
+    return global_batch // info.world_size
+
+
+def train_loader(
+    ds: Dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int
+) -> tuple[DataLoader, DistributedSampler, torch.Generator]:
+    """Shuffled loader of this rank's share of every global batch.
+
+    The order is ``randperm(n)`` seeded with ``seed + epoch`` (``sampler.set_epoch``) and rank r
+    takes items r, r+W, ... of it, so W ranks together see exactly the single-process global
+    batches when n is divisible by W (otherwise DistributedSampler repeats < W items per epoch).
+    The returned generator seeds the loader workers; reseed it per epoch for exact resumes.
+    """
+    sampler = DistributedSampler(
+        ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=False
+    )
+    gen = torch.Generator()
+    if num_workers > 0 and hasattr(ds, "preload"):
+        ds.preload()  # the decoded-image cache lives in this process, not in the workers
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=info.device.type == "cuda",
+        drop_last=False,
+        generator=gen,
+    )
+    return loader, sampler, gen
+
+
+def eval_loader(ds: Dataset, batch_size: int, info: DistInfo, num_workers: int) -> DataLoader:
+    """This rank's disjoint share (items r, r+W, ...) with no padding, so summed counts are exact."""
+    shard = torch.utils.data.Subset(ds, range(info.rank, len(ds), info.world_size))
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=info.device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )

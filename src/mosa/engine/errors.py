@@ -1,0 +1,37 @@
+"""Errors raised by the training engine; each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """Base class of the engine's errors."""
+
+
+class ClassCountError(TrainingError, ValueError):
+    """The data's class count does not fit the model's classifier head."""
+
+
+class ResumeError(TrainingError):
+    """A run cannot be resumed: no checkpoint, a corrupt one, or a changed configuration."""
+
+
+class TrainingDivergedError(TrainingError):
+    """The loss became NaN or infinite; the last good checkpoint in ``out/last`` is left intact."""
+
+    def __init__(
+        self,
+        epoch: int,
+        step: int,
+        global_step: int,
+        value: float,
+        lr: float,
+        quantity: str = "loss",
+    ) -> None:
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        self.value, self.lr, self.quantity = value, lr, quantity
+        super().__init__(
+            f"training diverged: non-finite {quantity} ({value}) at epoch {epoch}, step {step} of "
+            f"the epoch (global step {global_step}, lr {lr:.3g}). The last good checkpoint in "
+            "out/last is untouched; lower optim.lr (e.g. by 10x), set optim.grad_clip, or use "
+            "amp='off', then start again (a resume would repeat the same steps)."
+        )

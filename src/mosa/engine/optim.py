@@ -1,0 +1,315 @@
+"""Optimiser and learning-rate schedule: AdamW with expert-local MoSA updates, warm-up + cosine.
+
+MoSA keeps the N experts of a split projection in ONE tensor. With plain AdamW, entries of the
+experts that were not picked in a step still move (their zero gradient leaves Adam's momentum
+running) and decay. :class:`SparseAdamW` instead updates, decays and counts steps only for the
+entries of the experts picked in that step, which is what N separate expert copies, each with
+its own AdamW state and no gradient when unused, would do. ``OptimConfig.sparse_updates=False``
+falls back to plain AdamW on the whole tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from mosa.adapters.sparse import MoSALinear
+from mosa.engine.config import OptimConfig
+
+
+# ----------------------------------------------------------------------------- parameter groups
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: with weight decay, and without (biases, norms,
+    1-d tensors and whatever the timm model lists in ``no_weight_decay()``)."""
+    skip = set()
+    if hasattr(model, "no_weight_decay"):
+        skip = set(model.no_weight_decay())
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "group": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> SparseAdamW:
+    """AdamW over the trainable parameters of ``model`` (unwrapped, not the DDP wrapper)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters: was mosa.inject called?")
+    masked: list[nn.Parameter] = []
+    if cfg.sparse_updates:
+        masked = [m.weight for m in model.modules() if isinstance(m, MoSALinear)]
+        masked = [p for p in masked if p.requires_grad]
+    return SparseAdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, masked=masked)
+
+
+# ----------------------------------------------------------------------------- expert tracking
+class ExpertTracker:
+    """Records, with forward hooks, which experts every MoSALinear used since the last reset."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = [m for m in model.modules() if isinstance(m, MoSALinear)]
+        self._picked: dict[int, set[int]] = {}
+        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not module.training:
+            return
+        pick = module.last_expert
+        picks = {int(pick)} if isinstance(pick, int) else set(torch.as_tensor(pick).tolist())
+        self._picked.setdefault(id(module), set()).update(picks)
+
+    def masks(self) -> dict[nn.Parameter, torch.Tensor]:
+        """For each split weight used since the reset: a bool mask of its picked experts' entries."""
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for m in self.modules:
+            picks = self._picked.get(id(m))
+            if picks:
+                chosen = torch.tensor(sorted(picks), dtype=m.owner.dtype, device=m.owner.device)
+                out[m.weight] = torch.isin(m.owner, chosen)
+        return out
+
+    def reset(self) -> None:
+        self._picked.clear()
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class SparseAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` whose ``masked`` parameters are updated entry-wise under a mask.
+
+    Before each :meth:`step`, :meth:`set_active` gives, per masked parameter, the bool mask of
+    entries that took part in the step (the picked experts' entries). Only those entries get
+    the AdamW update, the decoupled weight decay, the moment updates and a step count (kept
+    per entry in ``step_map`` for the bias correction). A masked parameter without a mask is
+    updated densely, by the same formula. Other parameters go through torch's AdamW unchanged.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        masked: Iterable[nn.Parameter] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, **kwargs)
+        self._masked = {id(p) for p in masked}
+        self._active: dict[int, torch.Tensor] = {}
+        for g in self.param_groups:
+            if g.get("amsgrad") or g.get("maximize"):
+                raise ValueError("SparseAdamW supports neither amsgrad nor maximize")
+
+    @property
+    def has_masked(self) -> bool:
+        """Whether any parameter is updated under expert masks."""
+        return bool(self._masked)
+
+    def set_active(self, masks: Mapping[nn.Parameter, torch.Tensor]) -> None:
+        self._active = {id(p): m for p, m in masks.items()}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        held: list[tuple[nn.Parameter, torch.Tensor, dict[str, Any]]] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in self._masked and p.grad is not None:
+                    held.append((p, p.grad, group))
+                    p.grad = None  # torch's AdamW skips parameters without a gradient
+        try:
+            loss = super().step(closure)
+        finally:
+            for p, g, _ in held:
+                p.grad = g
+        for p, g, group in held:
+            self._masked_update(p, g, group, self._active.get(id(p)))
+        self._active = {}
+        return loss
+
+    def _masked_update(
+        self,
+        p: nn.Parameter,
+        grad: torch.Tensor,
+        group: dict[str, Any],
+        mask: torch.Tensor | None,
+    ) -> None:
+        state = self.state[p]
+        if not state:
+            # "step" (updates with any active entry) keeps torch's state layout valid for
+            # AdamW.load_state_dict; the bias correction uses the per-entry "step_map"
+            state["step"] = torch.tensor(0.0)
+            state["step_map"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        if mask is None:
+            mask = torch.ones_like(p, dtype=torch.bool)
+        beta1, beta2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        state["step"] += 1
+        steps = state["step_map"]
+        steps.add_(mask.to(steps.dtype))
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.copy_(torch.where(mask, m * beta1 + grad * (1 - beta1), m))
+        v.copy_(torch.where(mask, v * beta2 + grad * grad * (1 - beta2), v))
+        # entries never updated have steps == 0; clamp keeps their (unused) bias terms finite
+        t = steps.clamp(min=1.0)
+        bc1 = 1 - beta1**t
+        bc2 = 1 - beta2**t
+        denom = (v / bc2).sqrt() + eps
+        new = p * (1 - lr * wd) - lr * (m / bc1) / denom
+        p.copy_(torch.where(mask, new, p))
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_at(
+    step: int, *, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float
+) -> float:
+    """Learning rate of optimiser update number ``step`` (0-based).
+
+    Linear warm-up ``base_lr * (step + 1) / warmup_steps`` for the first ``warmup_steps``
+    updates (so the first update is not wasted at lr 0), then a half cosine from ``base_lr``
+    (at ``step == warmup_steps``) that would reach ``min_lr`` at ``step == total_steps``.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class WarmupCosine:
+    """Per-step schedule for every parameter group; its state is two integers and the lrs."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        total_steps: int,
+        warmup_steps: int,
+        min_lr: float = 0.0,
+    ) -> None:
+        self.optimizer = optimizer
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.min_lr = float(min_lr)
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.step_count = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = lr_at(
+                self.step_count,
+                base_lr=base,
+                total_steps=self.total_steps,
+                warmup_steps=self.warmup_steps,
+                min_lr=self.min_lr,
+            )
+
+    def step(self) -> None:
+        """Advance after an optimiser update, setting the lr of the next one."""
+        self.step_count += 1
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        """Current lr of the first group (the one the next update uses)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step_count": self.step_count,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "min_lr": self.min_lr,
+            "base_lrs": list(self.base_lrs),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("total_steps", "warmup_steps"):
+            if int(state[key]) != getattr(self, key):
+                raise ValueError(
+                    f"schedule {key} differs: checkpoint {state[key]}, run {getattr(self, key)}"
+                )
+        self.base_lrs = [float(x) for x in state["base_lrs"]]
+        self.min_lr = float(state["min_lr"])
+        self.step_count = int(state["step_count"])
+        self._apply()
+
+
+# ----------------------------------------------------------------------------- pickle-free state
+def optimizer_state_to_flat(
+    optimizer: torch.optim.Optimizer, names: Mapping[int, str]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser's state into tensors (``<param name>/<key>``) and JSON-able rest.
+
+    ``names`` maps ``id(param)`` to the parameter's name, so the state survives a rebuild of
+    the model and optimiser in another process (indices alone would silently shift).
+    """
+    sd = optimizer.state_dict()
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        name = order[idx]
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}/{key}"] = value
+            else:
+                scalars.setdefault(name, {})[key] = value
+    groups = []
+    for g in sd["param_groups"]:
+        g = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        g["params"] = [order[i] for i in g["params"]]
+        groups.append(g)
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_state_from_flat(
+    optimizer: torch.optim.Optimizer,
+    names: Mapping[int, str],
+    tensors: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+) -> None:
+    """Inverse of :func:`optimizer_state_to_flat`; errors name parameters that do not match."""
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    index = {n: i for i, n in enumerate(order)}
+    saved_groups = meta["param_groups"]
+    saved_names = [n for g in saved_groups for n in g["params"]]
+    if saved_names != order:
+        missing = sorted(set(order) - set(saved_names))
+        extra = sorted(set(saved_names) - set(order))
+        raise ValueError(
+            "optimizer state does not fit the model's trainable parameters "
+            f"(missing: {missing[:5]}, unexpected: {extra[:5]}, or a different order)"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        name, _, sub = key.rpartition("/")
+        # a copy: torch would otherwise keep the caller's tensors as live optimiser state
+        state.setdefault(index[name], {})[sub] = value.clone()
+    for name, values in meta.get("scalars", {}).items():
+        state.setdefault(index[name], {}).update(values)
+    groups = []
+    for g in saved_groups:
+        g = dict(g)
+        g["params"] = [index[n] for n in g["params"]]
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -1,0 +1,680 @@
+"""The training loop: ``train(config) -> summary`` (single process, or DDP under torchrun).
+
+What a run writes to ``config.out`` (rank 0 only):
+
+- ``config.json``: the resolved TrainConfig (image size, mean/std, consistency weight filled
+  in); ``TrainConfig.from_dict`` reads it back.
+- ``metrics.jsonl``: one JSON record per epoch: ``epoch``, ``global_step``, ``train_loss``
+  (the whole objective), ``train_ce``, ``train_consistency`` / ``train_deep_consistency``
+  (None when off), ``train_acc``, ``val_acc`` / ``val_loss`` (None without a held-out val
+  split), ``lr`` (of the epoch's last update), ``train_images``, ``train_seconds``,
+  ``epoch_seconds``, ``images_per_s``.
+- ``summary.json``: the returned summary (see :meth:`_Run._finish` for the fields).
+- ``adapter/``: ``mosa.save_adapter`` of the final, unmerged model.
+- ``curves.png``: loss and accuracy per epoch.
+- ``last/``: the resumable checkpoint (:mod:`mosa.engine.state`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import random
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import mosa
+from mosa.checkpoint import atomic_write_bytes, atomic_write_json
+from mosa.engine.config import TrainConfig, flatten_config
+from mosa.engine.data import (
+    TaskData,
+    build_tasks,
+    check_class_count,
+    eval_loader,
+    per_rank_batch,
+    register_project_models,
+    resolve_data_configs,
+    resolve_input,
+    train_loader,
+)
+from mosa.engine.distributed import (
+    DistInfo,
+    all_equal,
+    all_reduce_sum,
+    any_true,
+    barrier,
+    cleanup,
+    init_distributed,
+)
+from mosa.engine.errors import ResumeError, TrainingDivergedError, TrainingError
+from mosa.engine.evaluate import autocast, evaluate
+from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
+from mosa.engine.optim import ExpertTracker, WarmupCosine, build_optimizer
+from mosa.engine.plots import plot_curves
+from mosa.engine.state import TrainState, find_last, load_last, read_state, save_last
+
+log = logging.getLogger("mosa.engine")
+
+EpochCallback = Callable[[dict[str, Any]], None]
+DatasetsArg = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+# config fields a resumed run may change. out and checkpoint_every never affect the numbers;
+# another device or worker count is allowed (a job moved to another machine) but can change
+# float rounding or the augmentation random streams, so the result may not be bit-identical.
+RESUMABLE_CHANGES = ("out", "checkpoint_every", "device", "num_workers")
+
+CONFIG_JSON = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+SUMMARY_JSON = "summary.json"
+CURVES_PNG = "curves.png"
+ADAPTER_DIR = "adapter"
+
+
+def train(
+    config: TrainConfig,
+    *,
+    model: nn.Module | None = None,
+    datasets: DatasetsArg = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a backbone with ``config`` and return the run summary (also ``summary.json``).
+
+    ``model``: a timm model to use instead of building ``config.backbone`` (injected with
+    ``config.method`` here unless it already is). ``datasets``: pre-built splits instead of
+    ``mosa.data.build_dataset``, as ``{"train": ds, "val": ds | None, "test": ds | None}`` or a
+    list of such mappings, one per ``config.data`` entry. ``resume``: continue from
+    ``config.out/last``. ``on_epoch_end`` is called on every rank with each epoch's metrics
+    record, after that epoch's checkpoint was written.
+
+    Launched by torchrun with ``WORLD_SIZE > 1``, it trains with DistributedDataParallel and
+    ``config.optim.batch_size`` stays the global batch; only rank 0 writes files.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    info = init_distributed(config.device)
+    try:
+        return _Run(config, info, model, datasets, progress, on_epoch_end).run(resume)
+    finally:
+        cleanup(info)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_backbone(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The backbone through ``mosa.backbones.zoo.load_backbone`` (timm names, local weights
+    files, the project's own models), or ``timm.create_model`` when the zoo is absent."""
+    register_project_models()
+    try:
+        from mosa.backbones.zoo import load_backbone
+    except ImportError:
+        load_backbone = None
+    if load_backbone is not None:
+        return load_backbone(
+            config.backbone,
+            pretrained=config.pretrained,
+            num_classes=num_classes,
+            weights=config.weights,
+            **config.backbone_kwargs,
+        )
+    if config.weights:
+        raise TrainingError("weights=... needs mosa.backbones.zoo, which is not installed")
+    import timm
+
+    return timm.create_model(
+        config.backbone,
+        pretrained=config.pretrained,
+        num_classes=num_classes,
+        **config.backbone_kwargs,
+    )
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory in bytes and what it measures (CUDA allocations, or the process's peak RSS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss"
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    return {
+        "mosa": mosa.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class _HiddenCapture:
+    """Forward hooks on the first ``k`` blocks that keep their outputs (deep consistency)."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        from mosa.backbones.arch import find_architecture
+
+        blocks = [b for _, b in find_architecture(model).blocks(model)][:k]
+        if len(blocks) < k:
+            raise ValueError(
+                f"optim.deep_consistency_blocks={k} but the backbone has {len(blocks)} blocks"
+            )
+        self.outputs: list[torch.Tensor] = []
+        self._handles = [b.register_forward_hook(self._hook) for b in blocks]
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if module.training and torch.is_grad_enabled():
+            self.outputs.append(output if torch.is_tensor(output) else output[0])
+
+    def take(self) -> list[torch.Tensor]:
+        out, self.outputs = self.outputs, []
+        return out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Fields (dotted) whose values differ, ignoring those a resume may change."""
+    a = flatten_config(json.loads(json.dumps(saved)))
+    b = flatten_config(json.loads(json.dumps(current)))
+    keys = sorted(set(a) | set(b))
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in keys
+        if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
+    ]
+
+
+def _routing_checksum(model: nn.Module) -> int:
+    crc = 0
+    for name, state in sorted(mosa.get_rng_state(model).items()):
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(state.numpy().tobytes(), crc)
+    return crc
+
+
+class _Run:
+    """One call of :func:`train` in one process."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        info: DistInfo,
+        model: nn.Module | None,
+        datasets: DatasetsArg,
+        progress: bool,
+        on_epoch_end: EpochCallback | None,
+    ) -> None:
+        self.config = config
+        self.info = info
+        self.given_model = model
+        self.given_datasets = datasets
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        self.out = Path(config.out)
+        self.device = info.device
+
+    # ------------------------------------------------------------------ set-up
+    def _check_out(self, resume: bool) -> Path | None:
+        last = find_last(self.out)
+        if resume:
+            if last is None:
+                raise ResumeError(
+                    f"nothing to resume in {self.out}: no {self.out / 'last' / 'state.json'} "
+                    "(the run wrote no checkpoint yet, or out points elsewhere)"
+                )
+            return last
+        if last is not None or (self.out / SUMMARY_JSON).exists():
+            raise TrainingError(
+                f"{self.out} already holds a run; continue it with resume=True "
+                f"(mosa train --resume {self.out}) or choose another out"
+            )
+        return None
+
+    def _prepare_model(self, task: TaskData) -> nn.Module:
+        model = self.given_model
+        if model is None:
+            model = build_backbone(self.config, task.num_classes)
+        current = getattr(model, "mosa_config", None)
+        if current is None:
+            mosa.inject(model, self.config.method)
+        elif current != self.config.method:
+            raise TrainingError(
+                "the given model was injected with another method config than config.method; "
+                "pass an un-injected model"
+            )
+        if getattr(model, "mosa_merged", False):
+            raise TrainingError("the given model is merged; training needs the unmerged model")
+        check_class_count(model, task)
+        return model.to(self.device)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.config.optim.amp
+        if self.device.type == "cuda" and amp in ("auto", "bf16"):
+            return torch.bfloat16
+        if amp == "bf16":
+            log.warning("optim.amp='bf16' applies to CUDA only; this %s run uses fp32", self.device)
+        return None
+
+    # ------------------------------------------------------------------ the run
+    def run(self, resume: bool) -> dict[str, Any]:
+        self.started = time.perf_counter()
+        cfg = self.config
+        info = self.info
+        checkpoint = self._check_out(resume)
+        barrier(info)  # every rank looked at out/ before rank 0 writes to it
+        seed_everything(cfg.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        size, mean, std = resolve_input(cfg, self.given_model)
+        data_cfgs = resolve_data_configs(cfg, size, mean, std)
+        resolved = dataclasses.replace(
+            cfg,
+            data=data_cfgs,
+            optim=dataclasses.replace(cfg.optim, consistency=cfg.consistency_weight),
+        )
+        self.resolved = json.loads(json.dumps(resolved.to_dict()))  # as config.json holds it
+        doc = self._read_checkpoint(checkpoint) if checkpoint is not None else None
+
+        tasks = build_tasks(data_cfgs, cfg.seed, self.given_datasets)
+        if len(tasks) > 1:
+            raise NotImplementedError(
+                "multi-task training (several data sets) is not implemented yet; give one data set"
+            )
+        self.task = task = tasks[0]
+        if task.val_note and info.is_main:
+            log.info(task.val_note)
+        self.model = model = self._prepare_model(task)
+        self.amp = self._amp_dtype()
+        if cfg.method.routing == "sample" and info.distributed:
+            log.warning(
+                "routing='sample' under DDP: every rank draws its picks from the same stream, so "
+                "item i of each rank's share gets the same expert (picks stay uniform per item)"
+            )
+
+        ocfg = cfg.optim
+        self.local_batch = per_rank_batch(ocfg.batch_size, info)
+        loader, sampler, loader_gen = train_loader(
+            task.train, self.local_batch, info, cfg.seed, cfg.num_workers
+        )
+        steps = len(loader)
+        if steps == 0:
+            raise TrainingError(f"task {task.name!r} has an empty train split")
+        val_loader = (
+            eval_loader(task.val, self.local_batch, info, cfg.num_workers) if task.val else None
+        )
+        self.optimizer = build_optimizer(model, ocfg)
+        self.scheduler = WarmupCosine(
+            self.optimizer,
+            total_steps=ocfg.epochs * steps,
+            warmup_steps=ocfg.warmup_epochs * steps,
+            min_lr=ocfg.min_lr,
+        )
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.consistency = cfg.consistency_weight
+        self.ddp: nn.Module = model
+        if info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # buffers (partitions, initial weights) never change: no per-step broadcast
+            self.ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+        state = TrainState(epoch=0, global_step=0, history=[], elapsed_s=0.0)
+        if checkpoint is not None and doc is not None:
+            state = load_last(
+                checkpoint,
+                doc,
+                model=model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                param_names=self.param_names,
+            )
+            if info.is_main:
+                log.info(
+                    "resuming %s after epoch %d (step %d)", self.out, state.epoch, state.global_step
+                )
+        self.resumed_from_epoch = state.epoch if checkpoint is not None else None
+        self.base_elapsed = state.elapsed_s
+        self._write_start(state)
+        self._check_routing("start")
+
+        # hooks on the (possibly caller's) model: removed however the run ends
+        self.tracker = ExpertTracker(model) if self.optimizer.has_masked else None
+        try:
+            self.capture = (
+                _HiddenCapture(model, ocfg.deep_consistency_blocks)
+                if ocfg.deep_consistency > 0
+                else None
+            )
+            self.two_pass = self.consistency > 0 or self.capture is not None
+            for epoch in range(state.epoch + 1, ocfg.epochs + 1):
+                self._epoch(epoch, state, loader, sampler, loader_gen, val_loader)
+            return self._finish(state)
+        finally:
+            for h in (self.tracker, getattr(self, "capture", None)):
+                if h is not None:
+                    h.close()
+
+    def _read_checkpoint(self, checkpoint: Path) -> dict[str, Any]:
+        """The checkpoint's state document, once its config is known to match this run's."""
+        doc = read_state(checkpoint)
+        changed = config_changes(doc["config"], self.resolved)
+        if changed:
+            raise ResumeError(
+                f"{checkpoint} was written with another configuration; changed fields: "
+                + "; ".join(changed[:8])
+            )
+        for key in ("device", "num_workers"):
+            if doc["config"].get(key) != self.resolved.get(key) and self.info.is_main:
+                log.warning(
+                    "resuming with %s=%r instead of %r: the result may differ from an "
+                    "uninterrupted run in the last digits",
+                    key,
+                    self.resolved.get(key),
+                    doc["config"].get(key),
+                )
+        return doc
+
+    # ------------------------------------------------------------------ one epoch
+    def _epoch(
+        self,
+        epoch: int,
+        state: TrainState,
+        loader: Any,
+        sampler: Any,
+        loader_gen: torch.Generator,
+        val_loader: Any,
+    ) -> None:
+        cfg, info = self.config, self.info
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)  # loader workers' seeds
+        self.model.train()
+        sums = dict(loss=0.0, ce=0.0, kl=0.0, deep=0.0, correct=0.0, seen=0.0)
+        bar = self._bar(epoch, len(loader), state)
+        lr = self.scheduler.lr
+        try:
+            for step, (x, y) in enumerate(loader):
+                x = x.to(self.device, non_blocking=True)
+                y = torch.as_tensor(y).to(self.device, non_blocking=True)
+                lr = self.scheduler.lr
+                out = self._step(x, y, epoch, step, state.global_step)
+                state.global_step += 1
+                n = float(y.numel())
+                for k in ("loss", "ce", "kl", "deep"):
+                    sums[k] += out[k] * n
+                sums["correct"] += out["correct"]
+                sums["seen"] += n
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        epoch=f"{epoch}/{cfg.optim.epochs}",
+                        loss=f"{sums['loss'] / sums['seen']:.4f}",
+                        acc=f"{sums['correct'] / sums['seen']:.3f}",
+                        lr=f"{lr:.2e}",
+                        refresh=False,
+                    )
+        finally:
+            if bar is not None:
+                bar.close()
+        train_s = time.perf_counter() - t0
+        keys = ("loss", "ce", "kl", "deep", "correct", "seen")
+        totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], info), strict=True))
+        seen = max(totals["seen"], 1.0)
+        val = evaluate(self.model, val_loader, info, self.amp) if val_loader is not None else None
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "global_step": state.global_step,
+            "train_loss": totals["loss"] / seen,
+            "train_ce": totals["ce"] / seen,
+            "train_consistency": totals["kl"] / seen if self.consistency > 0 else None,
+            "train_deep_consistency": totals["deep"] / seen if self.capture else None,
+            "train_acc": totals["correct"] / seen,
+            "val_acc": val["acc"] if val else None,
+            "val_loss": val["loss"] if val else None,
+            "lr": lr,
+            "train_images": int(totals["seen"]),
+            "train_seconds": train_s,
+            "images_per_s": totals["seen"] / train_s if train_s > 0 else None,
+        }
+        self._check_routing(f"epoch {epoch}")
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
+            raise TrainingDivergedError(
+                epoch, len(loader) - 1, state.global_step - 1, math.nan, lr, "weights"
+            )
+        record["epoch_seconds"] = time.perf_counter() - t0
+        state.history.append(record)
+        state.epoch = epoch
+        # wall time of the work a checkpoint keeps: earlier processes' plus this one's so far
+        state.elapsed_s = self.base_elapsed + (time.perf_counter() - self.started)
+        if info.is_main:
+            with open(self.out / METRICS_JSONL, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+            val_txt = "n/a" if record["val_acc"] is None else f"{record['val_acc']:.4f}"
+            log.info(
+                "epoch %d/%d: loss %.4f, train acc %.4f, val acc %s, lr %.3g, %.1fs, %.0f img/s",
+                epoch,
+                cfg.optim.epochs,
+                record["train_loss"],
+                record["train_acc"],
+                val_txt,
+                lr,
+                record["epoch_seconds"],
+                record["images_per_s"] or 0.0,
+            )
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.optim.epochs:
+            if info.is_main:
+                save_last(
+                    self.out,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    param_names=self.param_names,
+                    state=state,
+                    config=self.resolved,
+                    sampler={"kind": "DistributedSampler", "seed": cfg.seed, "epoch": epoch},
+                )
+            barrier(info)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(dict(record))
+
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, global_step: int
+    ) -> dict[str, float]:
+        ocfg = self.config.optim
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.tracker is not None:
+            self.tracker.reset()
+        if self.capture is not None:
+            self.capture.take()
+        with autocast(self.device, self.amp):
+            logits = self.ddp(x)
+        ce = classification_loss(logits, y, ocfg.label_smoothing)
+        loss = ce
+        kl = deep = None
+        if self.two_pass:
+            hidden = self.capture.take() if self.capture is not None else []
+            # second pass: its own expert picks (the routing generators advance) and dropout
+            # masks; through the bare module, as DDP expects one forward per backward and
+            # autograd sums both passes' gradients into each parameter before DDP's hooks run
+            with autocast(self.device, self.amp):
+                logits2 = self.model(x)
+            if self.consistency > 0:
+                kl = symmetric_kl(logits, logits2)
+                loss = loss + self.consistency * kl
+            if self.capture is not None:
+                deep = hidden_consistency(hidden, self.capture.take())
+                loss = loss + ocfg.deep_consistency * deep
+        loss.backward()
+        if ocfg.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, ocfg.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.params if p.grad is not None]
+            )
+        zero = loss.new_zeros(())
+        # one device-to-host copy per step for every number the loop needs
+        loss_v, ce_v, kl_v, deep_v, correct, norm_v = torch.stack(
+            [
+                loss.detach(),
+                ce.detach(),
+                kl.detach() if kl is not None else zero,
+                deep.detach() if deep is not None else zero,
+                (logits.detach().argmax(dim=-1) == y).sum().float(),
+                norm.detach().float().to(loss.device),
+            ]
+        ).tolist()
+        bad = not (math.isfinite(loss_v) and math.isfinite(norm_v))
+        if any_true(bad, self.info):
+            quantity, value = (
+                ("loss", loss_v) if not math.isfinite(loss_v) else ("grad norm", norm_v)
+            )
+            raise TrainingDivergedError(
+                epoch, step, global_step, value, self.scheduler.lr, quantity
+            )
+        if self.tracker is not None:
+            self.optimizer.set_active(self.tracker.masks())
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss_v, "ce": ce_v, "kl": kl_v, "deep": deep_v, "correct": correct}
+
+    # ------------------------------------------------------------------ helpers
+    def _bar(self, epoch: int, steps: int, state: TrainState) -> Any:
+        """One bar over the whole run (its ETA is the run's), shown by rank 0 on a terminal."""
+        if not (self.progress and self.info.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm.auto import tqdm
+
+        total = self.config.optim.epochs * steps
+        return tqdm(
+            total=total,
+            initial=(epoch - 1) * steps,
+            desc=f"train {self.task.name}",
+            unit="step",
+            dynamic_ncols=True,
+            leave=epoch == self.config.optim.epochs,
+        )
+
+    def _check_routing(self, when: str) -> None:
+        if not all_equal(_routing_checksum(self.model), self.info):
+            raise TrainingError(
+                f"MoSA routing generators differ across ranks at {when}: every rank must use "
+                "the same method.seed so that all ranks pick the same experts"
+            )
+
+    def _write_start(self, state: TrainState) -> None:
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / CONFIG_JSON, self.resolved)
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in state.history)
+            # a resumed run drops records of epochs after its checkpoint (they are redone)
+            atomic_write_bytes(self.out / METRICS_JSONL, lines.encode())
+        barrier(self.info)
+
+    def _finish(self, state: TrainState) -> dict[str, Any]:
+        """Score the final model on the test split, write adapter, curves and the summary:
+        ``val_acc`` (final epoch; None with ``val_note`` when val is not held out),
+        ``test_acc``, ``best_val_acc`` / ``best_val_epoch`` (information only), ``tasks``
+        (per-task numbers), ``params`` (``mosa.summary``), ``wall_time_s``,
+        ``train_time_s``, ``images_per_s``, ``peak_memory_bytes`` / ``peak_memory_kind``,
+        ``seed``, ``resumed_from_epoch``, ``config``, ``versions`` and ``host``."""
+        cfg, info, task = self.config, self.info, self.task
+        test = None
+        if task.test is not None:
+            loader = eval_loader(task.test, self.local_batch, info, cfg.num_workers)
+            test = evaluate(self.model, loader, info, self.amp)
+        history = state.history
+        last = history[-1] if history else {}
+        vals = [(r["val_acc"], r["epoch"]) for r in history if r.get("val_acc") is not None]
+        best_acc, best_epoch = max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
+        images = sum(r.get("train_images", 0) for r in history)
+        train_s = sum(r.get("train_seconds", 0.0) for r in history)
+        wall = self.base_elapsed + (time.perf_counter() - self.started)
+        mem, mem_kind = peak_memory(self.device)
+        task_summary = {
+            "num_classes": task.num_classes,
+            "train_size": len(task.train),
+            "val_size": len(task.val) if task.val is not None else None,
+            "test_size": len(task.test) if task.test is not None else None,
+            "val_acc": last.get("val_acc"),
+            "val_note": task.val_note,
+            "test_acc": test["acc"] if test else None,
+            "test_loss": test["loss"] if test else None,
+        }
+        summary: dict[str, Any] = {
+            "status": "completed",
+            "epochs": len(history),
+            "global_steps": state.global_step,
+            "val_acc": task_summary["val_acc"],
+            "val_note": task.val_note,
+            "test_acc": task_summary["test_acc"],
+            "best_val_acc": best_acc,
+            "best_val_epoch": best_epoch,
+            "best_val_note": "for information only: the reported model is the final one",
+            "final_train_loss": last.get("train_loss"),
+            "final_train_acc": last.get("train_acc"),
+            "tasks": {task.name: task_summary},
+            "params": mosa.summary(self.model),
+            "wall_time_s": wall,
+            "process_wall_time_s": time.perf_counter() - self.started,
+            "train_time_s": train_s,
+            "images_per_s": images / train_s if train_s > 0 else None,
+            "peak_memory_bytes": mem,
+            "peak_memory_kind": mem_kind,
+            "seed": cfg.seed,
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "config": self.resolved,
+            "versions": versions(),
+            "host": {
+                "hostname": socket.gethostname(),
+                "device": str(self.device),
+                "device_name": torch.cuda.get_device_name(self.device)
+                if self.device.type == "cuda"
+                else platform.processor() or platform.machine(),
+                "world_size": info.world_size,
+                "backend": info.backend,
+                "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
+                "pid": os.getpid(),
+            },
+        }
+        if info.is_main:
+            mosa.save_adapter(self.model, self.out / ADAPTER_DIR)
+            if history:
+                plot_curves(history, self.out / CURVES_PNG)
+            atomic_write_json(self.out / SUMMARY_JSON, summary)
+            log.info(
+                "done: val acc %s, test acc %s, %.1fs",
+                summary["val_acc"],
+                summary["test_acc"],
+                wall,
+            )
+        barrier(info)
+        return summary
