@@ -1,0 +1,356 @@
+"""The speed benchmark's plumbing, the reference-style MoSA, and the FLOP accounting.
+
+Nothing here asserts a speed: timings on a shared CPU mean nothing at this size. The benchmark
+itself runs once, on a tiny model, for a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import mosa
+from mosa.adapters.sparse import MoSALinear
+from mosa.bench import speed
+from mosa.bench.flops import ViTShape, vit_forward_flops, vit_train_flops
+from mosa.bench.reference import (
+    ReferenceMoSAAdapter,
+    ReferenceSplitLinear,
+    expert_mean_output,
+    inject_reference,
+    merge_reference,
+    reference_adapters,
+    reference_stored_elements,
+)
+
+ROW_KEYS = (
+    "variant",
+    "train_step_s",
+    "peak_mem_bytes",
+    "trainable_params",
+    "stored_params",
+    "optimizer_state_bytes",
+    "infer_img_s",
+)
+N = 4
+
+
+def _tiny_vit(**kw: Any) -> torch.nn.Module:
+    args = dict(img_size=8, patch_size=4, embed_dim=8, depth=3, num_heads=2, num_classes=10)
+    args.update(kw)
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args)
+
+
+# ------------------------------------------------------------------------------ the benchmark
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One quick run through the CLI entry point: (JSON read back, rows by variant)."""
+    out = tmp_path_factory.mktemp("speed") / "speed.json"
+    rc = speed.main(["--device", "cpu", "--quick", "--steps", "2", "--quiet", "--out", str(out)])
+    assert rc == 0
+    result = json.loads(Path(out).read_text())
+    return result, {r["variant"]: r for r in result["rows"]}
+
+
+def test_json_has_every_row_and_field(bench: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    result, rows = bench
+    assert list(rows) == list(speed.TRAIN_VARIANTS)
+    assert {"linear", "adapter", "mosa", "mosa_consistency", "lora", "mosa_lora"} <= set(rows)
+    for r in rows.values():
+        for k in ROW_KEYS:
+            assert k in r, (r["variant"], k)
+        assert r["train_step_s"] > 0 and r["peak_mem_bytes"] > 0
+        assert r["optimizer_state_bytes"] > 0
+        assert len(r["train_step_times_s"]) == result["steps"] == 2
+    for n, r in rows.items():
+        if n in speed.INFER_VARIANTS:
+            assert r["infer_img_s"] > 0
+        else:
+            assert r["infer_img_s"] is None
+    for k in ("device", "torch", "model", "batch_size", "dtype", "steps", "memory_method"):
+        assert result[k] not in (None, ""), k
+    assert result["device"] == "cpu"
+    assert "interleaved" in result["order"]
+
+
+def test_ratio_keys_exact_finite_positive(bench: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    result, rows = bench
+    ratios = result["ratios"]
+    assert set(ratios) == set(speed.RATIO_KEYS)
+    for k, v in ratios.items():
+        assert isinstance(v, float) and math.isfinite(v) and v > 0, k
+    # definitions: time or memory of the variant over the baseline's (inference via img/s)
+    assert ratios["mosa_step_vs_adapter"] == pytest.approx(
+        rows["mosa"]["train_step_s"] / rows["adapter"]["train_step_s"]
+    )
+    assert ratios["mosa_merged_infer_vs_adapter"] == pytest.approx(
+        rows["adapter"]["infer_img_s"] / rows["mosa"]["infer_img_s"]
+    )
+    assert ratios["mosa_lora_merged_infer_vs_backbone"] == pytest.approx(
+        rows["linear"]["infer_img_s"] / rows["mosa_lora"]["infer_img_s"]
+    )
+    assert set(result["targets_met"]) == set(speed.TARGETS)
+
+
+def test_parameter_and_state_counts_consistent(
+    bench: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    result, rows = bench
+    assert rows["mosa"]["trainable_params"] == rows["adapter"]["trainable_params"]
+    assert rows["mosa_consistency"]["trainable_params"] == rows["adapter"]["trainable_params"]
+    assert rows["mosa_lora"]["trainable_params"] == rows["lora"]["trainable_params"]
+    assert rows["mosa"]["optimizer_state_bytes"] == rows["adapter"]["optimizer_state_bytes"]
+    # mosa stores the adapter plus a one-element-per-entry owner index of each split Up
+    m = result["method"]
+    dim, depth = result["model"]["embed_dim"], result["model"]["depth"]
+    split = depth * m["bottleneck"] * dim
+    assert rows["mosa"]["stored_params"] == rows["adapter"]["stored_params"] + split
+    # the reference trains N copies of each split Up (weight and bias) instead of one
+    extra = depth * (N - 1) * (m["bottleneck"] * dim + dim)
+    assert rows["mosa_reference"]["trainable_params"] == rows["adapter"]["trainable_params"] + extra
+    assert rows["mosa_reference"]["stored_params"] > rows["mosa"]["stored_params"]
+    # AdamW keeps two float32 moments per trainable element (plus a step scalar per tensor);
+    # the reference's unpicked experts get state only once picked (a quick run may miss some)
+    for n, r in rows.items():
+        if n != "mosa_reference":
+            assert 8 * r["trainable_params"] <= r["optimizer_state_bytes"]
+            assert r["optimizer_state_bytes"] < 8 * r["trainable_params"] + 4096
+    ref = rows["mosa_reference"]
+    assert ref["optimizer_state_bytes_after_first_step"] == rows["mosa"]["optimizer_state_bytes"]
+    assert ref["optimizer_state_bytes"] <= 8 * ref["trainable_params"] + 4096
+    assert rows["linear"]["trainable_params"] < rows["adapter"]["trainable_params"]
+
+
+def test_format_table_mentions_every_variant(
+    bench: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    result, rows = bench
+    text = speed.format_speed_table(result)
+    for n in rows:
+        assert n in text
+    for k in speed.RATIO_KEYS:
+        assert k in text
+    assert "interleaved" in text
+
+
+def test_flop_section_present_for_vit(bench: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    result, _ = bench
+    fl = result["flops"]
+    assert fl["matmul_rate_flops_per_s"] > 0
+    for p in fl["per_variant"].values():
+        assert p["train_flops_per_step"] > 0 and p["fraction_of_ideal"] > 0
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def test_time_interleaved_counts_and_shuffles() -> None:
+    calls: list[str] = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abcd"}
+    times = speed.time_interleaved(fns, 5, 2, torch.device("cpu"), random.Random(0))
+    assert {k: len(v) for k, v in times.items()} == {k: 5 for k in "abcd"}
+    rounds = [tuple(calls[i : i + 4]) for i in range(0, len(calls), 4)]
+    assert len(rounds) == 7 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1  # the order changes between rounds
+
+
+def test_cpu_step_peak_sees_torch_allocations() -> None:
+    n = 1_000_000
+
+    def fn() -> None:
+        a = torch.ones(n)  # 4 MB, live with b
+        b = torch.ones(n)
+        del a, b
+        torch.ones(n // 2)
+
+    peak = speed.cpu_step_peak(fn)
+    assert peak is not None
+    assert 8 * n <= peak < 8 * n + 100_000
+
+
+def test_symmetric_kl() -> None:
+    a = torch.randn(3, 5, requires_grad=True)
+    b = torch.randn(3, 5, requires_grad=True)
+    same = speed.symmetric_kl(a.detach(), a.detach().clone())
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    loss = speed.symmetric_kl(a, b)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert a.grad is not None and b.grad is not None
+
+
+# ------------------------------------------------------------------------------ reference MoSA
+
+
+def _split_linear(init: str = "zero") -> tuple[ReferenceSplitLinear, torch.Tensor]:
+    owner = torch.randperm(6 * 4).remainder(N).to(torch.uint8).view(6, 4)
+    torch.manual_seed(0)
+    return ReferenceSplitLinear(4, 6, num_experts=N, init=init, owner=owner, seed=1), owner
+
+
+def test_reference_gradient_mask_and_update() -> None:
+    ref, owner = _split_linear()
+    opt = torch.optim.AdamW(ref.parameters(), lr=0.1, weight_decay=0.01)
+    before = [e.weight.detach().clone() for e in ref.experts]
+    x = torch.randn(5, 4)
+    ref.train()
+    (ref(x) * torch.randn(5, 6)).sum().backward()
+    k = ref.last_expert
+    assert k is not None
+    g = ref.experts[k].weight.grad
+    assert g is not None
+    assert torch.all(g[owner != k] == 0)  # masked after accumulation
+    assert torch.any(g[owner == k] != 0)
+    for i, e in enumerate(ref.experts):
+        if i != k:
+            assert e.weight.grad is None  # not picked: no gradient at all
+    ref.experts[k].bias.grad = None  # isolate the weight update
+    opt.step()
+    for i, e in enumerate(ref.experts):
+        changed = e.weight.detach() != before[i]
+        if i == k:
+            assert torch.any(changed) and not torch.any(changed[owner != k])
+        else:
+            assert not torch.any(changed)
+
+
+def test_reference_merge_is_mean_of_experts_and_matches_mosalinear() -> None:
+    ref, owner = _split_linear()
+    theta = torch.randn(6, 4)
+    with torch.no_grad():
+        for i, e in enumerate(ref.experts):  # what sparse training leaves: W0=0 off the mask
+            e.weight.copy_(theta * (owner == i))
+            e.bias.copy_(torch.randn(6))
+    merge_reference(ref)
+    mean_w = torch.stack([e.weight for e in ref.experts]).mean(0)
+    mean_b = torch.stack([e.bias for e in ref.experts]).mean(0)
+    torch.testing.assert_close(ref.merged.weight, mean_w)
+    torch.testing.assert_close(ref.merged.bias, mean_b)
+    # the same experts held as mosa's single tensor + owner index merge to the same weight
+    ours = MoSALinear(4, 6, num_experts=N)
+    with torch.no_grad():
+        ours.owner.copy_(owner)
+        ours.weight.copy_(theta)
+    torch.testing.assert_close(ours.merged_weight(), ref.merged.weight)
+
+
+def test_reference_merged_adapter_equals_mean_of_expert_outputs() -> None:
+    torch.manual_seed(0)
+    ad = ReferenceMoSAAdapter(8, bottleneck=3, num_experts=N, dropout=0.0)
+    with torch.no_grad():
+        for i, e in enumerate(ad.up.experts):
+            e.weight.copy_(torch.randn_like(e.weight) * ad.up.masks[i])
+            e.bias.normal_()
+    merge_reference(ad)
+    x = torch.randn(2, 5, 8)
+    ad.eval()
+    torch.testing.assert_close(ad(x), expert_mean_output(ad, x))
+
+
+def test_reference_model_trains_merges_and_counts() -> None:
+    model = inject_reference(_tiny_vit(), bottleneck=2, num_experts=N, dropout=0.0)
+    ads = reference_adapters(model)
+    assert len(ads) == 3 and all(isinstance(a.up, ReferenceSplitLinear) for a in ads)
+    assert isinstance(ads[0].down, torch.nn.Linear)  # share="down": dense Down
+    # zero-initialised Up: the model computes exactly the plain backbone
+    x = torch.randn(2, 3, 8, 8)
+    model.eval()
+    torch.testing.assert_close(model(x), _tiny_vit().eval()(x))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=0.05)
+    model.train()
+    for _ in range(6):
+        opt.zero_grad(set_to_none=True)
+        model(x).logsumexp(-1).sum().backward()
+        opt.step()
+    merge_reference(model)
+    model.eval()
+    for a in ads:
+        mean = torch.stack([e.weight for e in a.up.experts]).mean(0)
+        torch.testing.assert_close(a.up.merged.weight, mean)
+        h = torch.randn(2, 5, 8)
+        torch.testing.assert_close(a(h), expert_mean_output(a, h))
+    # per split projection the reference stores N expert copies plus a merge copy (float32),
+    # mosa one float32 tensor plus a uint8 owner index: ~N times the bytes
+    ours = mosa.inject(_tiny_vit(), mosa.MethodConfig(method="mosa", bottleneck=2))
+    splits = [m for m in ours.modules() if isinstance(m, MoSALinear)]
+    ours_b = sum(t.nbytes for m in splits for t in m.state_dict().values())
+    ref_b = sum(t.nbytes for a in ads for t in a.up.state_dict().values())
+    ref_w = sum(e.weight.numel() for a in ads for e in [*a.up.experts, a.up.merged])
+    assert ref_w == (N + 1) * sum(m.weight.numel() for m in splits)
+    assert ref_b >= 0.9 * N * ours_b
+    assert reference_stored_elements(model) > mosa.summary(ours)["stored"]
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+
+def test_flops_hand_count() -> None:
+    shape = ViTShape(
+        grid=(2, 2),
+        patch=(4, 4),
+        in_chans=3,
+        embed_dim=8,
+        depth=2,
+        mlp_hidden=32,
+        num_prefix_tokens=1,
+        num_classes=10,
+    )
+    assert shape.tokens == 5
+    fwd = vit_forward_flops(shape, bottleneck=2)
+    assert fwd == {
+        "patch_embed": 2 * 4 * 48 * 8,  # 4 patches, 3*4*4 inputs, 8 outputs
+        "qkv": 2 * (2 * 5 * 8 * 24),
+        "attn_scores": 2 * (2 * 5 * 5 * 8),
+        "attn_values": 2 * (2 * 5 * 5 * 8),
+        "proj": 2 * (2 * 5 * 8 * 8),
+        "fc1": 2 * (2 * 5 * 8 * 32),
+        "fc2": 2 * (2 * 5 * 32 * 8),
+        "head": 2 * 8 * 10,
+        "adapter": 2 * (2 * 5 * 8 * 2 + 2 * 5 * 2 * 8),
+    }
+    c = vit_train_flops(shape, batch=3, bottleneck=2)
+    assert c.forward_total == 3 * 20832
+    # block 1 only: qkv, proj, fc1, fc2 once; both attention matmuls twice; head w+x grads;
+    # adapters: weight and input grads in both blocks
+    assert c.backward == {
+        "patch_embed": 0,
+        "qkv": 3 * 1920,
+        "attn_scores": 3 * 800,
+        "attn_values": 3 * 800,
+        "proj": 3 * 640,
+        "fc1": 3 * 2560,
+        "fc2": 3 * 2560,
+        "head": 3 * 320,
+        "adapter": 3 * 1280,
+    }
+    assert c.total == 3 * (20832 + 10880)
+    probe = vit_train_flops(shape, batch=1, bottleneck=None)
+    assert probe.forward_total == 20832 - 640 and probe.backward == {"head": 160}
+    assert vit_train_flops(shape, 1, 2, passes=2).total == 2 * (20832 + 10880)
+
+
+@pytest.mark.parametrize("method", ["adapter", "mosa", "linear"])
+def test_flops_match_torch_flop_counter(method: str) -> None:
+    model = _tiny_vit()
+    for b in model.blocks:
+        b.attn.fused_attn = False  # explicit matmuls, which the counter sees
+    mosa.inject(model, mosa.MethodConfig(method=method, bottleneck=2, dropout=0.0))
+    x = torch.randn(2, 3, 8, 8)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    expected = vit_train_flops(
+        ViTShape.from_model(model), 2, None if method == "linear" else 2
+    ).total
+    assert counter.get_total_flops() == expected
