@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mosa.config import MethodConfig
-from mosa.model import adapter_state_dict, config_of, inject, merge
+from mosa.model import adapter_state_dict, config_of, eject, inject, merge
 
 FORMAT = "mosa-adapter"
 FORMAT_VERSION = 1
@@ -115,6 +115,8 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mosa adapter config (format={meta.get('format')})")
+    if not isinstance(meta.get("method"), dict):
+        raise CheckpointError(f"{path} has no 'method' entry; the checkpoint is corrupt")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {meta['format_version']}, newer than this mosa "
@@ -141,8 +143,14 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
         )
     current = getattr(model, "mosa_config", None)
     if current is None:
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
         inject(model, cfg)
-    elif current != cfg:
+        try:
+            return _load_into(model, directory, meta)
+        except BaseException:
+            eject(model, flags)  # a refused load leaves the model as it was
+            raise
+    if current != cfg:
         diff = {
             k: (v, cfg.to_dict()[k]) for k, v in current.to_dict().items() if cfg.to_dict()[k] != v
         }
@@ -150,6 +158,10 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
             f"{directory} was saved with a different method config; differing fields "
             f"(model, checkpoint): {diff}"
         )
+    return _load_into(model, directory, meta)
+
+
+def _load_into(model: nn.Module, directory: Path, meta: dict[str, Any]) -> nn.Module:
     if meta.get("merged") and not getattr(model, "mosa_merged", False):
         merge(model)
     weights = directory / WEIGHTS_NAME

@@ -10,7 +10,7 @@ from torch import nn
 from mosa.adapters.adapter import Adapter
 from mosa.adapters.lora import LoRA
 from mosa.adapters.sparse import MoSALinear
-from mosa.backbones.arch import find_architecture
+from mosa.backbones.arch import Architecture, find_architecture
 from mosa.config import MethodConfig
 
 PREFIX = "mosa_"  # every submodule mosa adds is registered under a name starting with this
@@ -70,14 +70,16 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
         raise TypeError(f"config must be a mosa.MethodConfig, got {type(config).__name__}")
     if getattr(model, "mosa_config", None) is not None:
         raise ValueError("this model already has a mosa method injected; create a fresh model")
+    arch = find_architecture(model) if (config.uses_adapter or config.uses_lora) else None
+    if arch is not None and config.uses_lora:
+        _check_lora_targets(model, arch, config)
     ref = _reference_param(model)
     for p in model.parameters():
         p.requires_grad_(config.method == "full")
     gen = torch.Generator().manual_seed(config.seed)
     index = 0
-    if config.uses_adapter or config.uses_lora:
-        arch = find_architecture(model)
-        for block_name, block in arch.blocks(model):
+    if arch is not None:
+        for _, block in arch.blocks(model):
             if config.uses_adapter:
                 for site in arch.adapter_sites(block, config.style):
                     ad = Adapter(
@@ -86,8 +88,10 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
                         gen,
                         _route_seed(config.seed, index),
                         channels_first=site.channels_first,
+                        to_nchw=site.to_nchw,
                     )
                     index += 1
+                    ad.train(model.training)
                     block.add_module(site.name, ad.to(device=ref.device, dtype=ref.dtype))
                     if site.mode == "parallel_tap":
                         _attach_hook(site.tap, ad.tap_hook, pre=True)
@@ -98,12 +102,6 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
                         _attach_hook(site.hooked, ad.sequential_hook)
             if config.uses_lora:
                 available = arch.lora_targets(block)
-                missing = [t for t in config.targets if t not in available]
-                if missing:
-                    raise ValueError(
-                        f"LoRA targets {missing} do not exist in {block_name} "
-                        f"({type(block).__name__}); available: {sorted(available) or 'none'}"
-                    )
                 by_path: dict[str, dict[str, slice]] = {}
                 for t in config.targets:
                     for target in available[t]:
@@ -112,8 +110,11 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
                     layer = block.get_submodule(path)
                     lora = LoRA(layer, parts, config, gen, _route_seed(config.seed, index))
                     index += 1
+                    lora.train(model.training)
                     layer.add_module(PREFIX + "lora", lora.to(device=ref.device, dtype=ref.dtype))
                     _attach_hook(layer, lora.hook)
+        if config.is_mosa and config.routing == "sample":
+            model.register_forward_pre_hook(_record_batch_size)
     head = head_module_name(model)
     if head is not None:
         for p in model.get_submodule(head).parameters():
@@ -121,6 +122,47 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
     model.mosa_config = config
     model.mosa_merged = False
     model.mosa_folded = []
+    return model
+
+
+def _check_lora_targets(model: nn.Module, arch: Architecture, config: MethodConfig) -> None:
+    for block_name, block in arch.blocks(model):
+        available = arch.lora_targets(block)
+        missing = [t for t in config.targets if t not in available]
+        if missing:
+            raise ValueError(
+                f"LoRA targets {missing} do not exist in {block_name} "
+                f"({type(block).__name__}); available: {sorted(available) or 'none'}"
+            )
+
+
+def _record_batch_size(model: nn.Module, args: tuple[object, ...]) -> None:
+    # module-level (not a closure) so deepcopy'd models hook their own modules
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor):
+        for m in mosa_modules(model):
+            m.batch_hint = x.shape[0]
+
+
+def eject(model: nn.Module, requires_grad: dict[str, bool] | None = None) -> nn.Module:
+    """Undo :func:`inject` on an unmerged model: remove mosa's modules and hooks, and restore
+    ``requires_grad`` flags from ``requires_grad`` (name -> flag) when given."""
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if name.startswith(PREFIX) and child is not None:
+                for mod in model.modules():
+                    _detach_hooks(mod, child)
+                del parent._modules[name]
+    for key, fn in list(model._forward_pre_hooks.items()):
+        if fn is _record_batch_size:
+            del model._forward_pre_hooks[key]
+    if requires_grad is not None:
+        for n, p in model.named_parameters():
+            if n in requires_grad:
+                p.requires_grad_(requires_grad[n])
+    for attr in ("mosa_config", "mosa_merged", "mosa_folded"):
+        if attr in model.__dict__:
+            del model.__dict__[attr]
     return model
 
 

@@ -18,7 +18,8 @@ def dense_linear(
     in_features: int, out_features: int, init: str, generator: torch.Generator, bias: bool = True
 ) -> nn.Linear:
     """A dense projection with adapter-style init: Kaiming-uniform or zero weight, zero bias."""
-    lin = nn.Linear(in_features, out_features, bias=bias)
+    # skip_init: initialise from ``generator`` only, leaving the global RNG stream untouched
+    lin = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, bias=bias)
     with torch.no_grad():
         if init == "kaiming":
             nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5), generator=generator)
@@ -76,13 +77,15 @@ class Adapter(nn.Module):
         generator: torch.Generator,
         route_seed: int,
         channels_first: bool = False,
+        to_nchw: bool = False,
     ) -> None:
         super().__init__()
         style = config.style
         r = config.bottleneck
         self.style = style
         self.scale = config.adapter_scale
-        self.channels_first = channels_first
+        self.channels_first = channels_first  # input (and output) are NCHW
+        self.to_nchw = to_nchw  # channels-last input whose branch is added to an NCHW output
         self.norm = nn.LayerNorm(dim) if style in ("adaptformer", "pfeiffer") else nn.Identity()
         self.down = make_projection(
             dim,
@@ -108,7 +111,10 @@ class Adapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_first:  # ConvNeXt with conv_mlp keeps NCHW
-            return self.forward(x.movedim(1, -1)).movedim(-1, 1)
+            return self._branch(x.movedim(1, -1)).movedim(-1, 1)
+        return self._branch(x)
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(self.drop(self.act(self.down(self.norm(x)))))
         return h * self.scale if self.scale != 1.0 else h
 
@@ -120,7 +126,8 @@ class Adapter(nn.Module):
         x, self._tapped = self._tapped, None
         if x is None:
             raise RuntimeError("adapter tap was not filled: the block's forward order changed")
-        return output + self(x)
+        h = self(x)
+        return output + (h.movedim(-1, 1) if self.to_nchw else h)
 
     def parallel_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return output + self(args[0])

@@ -58,6 +58,9 @@ class MoSALinear(nn.Module):
             self.register_buffer("weight_init", weight.detach().clone())
         self._route_gen = torch.Generator().manual_seed(int(route_seed))
         self.last_expert: torch.Tensor | int | None = None
+        # batch size of the model's current input (set by a model pre-hook in sample routing),
+        # so layers that see B*k rows (Swin windows) still pick one expert per image
+        self.batch_hint: int | None = None
 
     # ------------------------------------------------------------------ experts
     def expert_weight(self, k: int) -> torch.Tensor:
@@ -75,8 +78,14 @@ class MoSALinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the merged weight (the deployable form)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        lin = lin.to(device=self.weight.device, dtype=self.weight.dtype)
+        lin = torch.nn.utils.skip_init(
+            nn.Linear,
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             lin.weight.copy_(self.merged_weight())
             if self.bias is not None:
@@ -105,8 +114,16 @@ class MoSALinear(nn.Module):
             self.last_expert = k
             return F.linear(x, self.expert_weight(k), self.bias)
         # per-sample routing: gather each item's expert weight and use a batched matmul
-        picks = self._draw(x.shape[0])
-        self.last_expert = picks
+        rows = x.shape[0]
+        b = self.batch_hint
+        if b and rows != b and rows % b == 0:
+            # timm's window partition keeps windows of one image contiguous (batch-major)
+            picks = self._draw(b)
+            self.last_expert = picks
+            picks = picks.repeat_interleave(rows // b)
+        else:
+            picks = self._draw(rows)
+            self.last_expert = picks
         experts = torch.arange(self.num_experts, device=self.owner.device).view(-1, 1, 1)
         masks = self.owner.unsqueeze(0) == experts  # (N, out, in)
         init = self.weight_init if self.weight_init is not None else self.weight.new_zeros(())

@@ -23,6 +23,7 @@ class AdapterSite:
     mode: str  # "parallel" | "parallel_tap" | "sequential"
     tap: nn.Module | None = None  # module whose input feeds a "parallel_tap" adapter
     channels_first: bool = False
+    to_nchw: bool = False
 
 
 @dataclass
@@ -180,7 +181,19 @@ def _convnext_sites(block: nn.Module, style: str) -> list[AdapterSite]:
     dim = _linear_in(block.mlp)
     cf = bool(getattr(block, "use_conv_mlp", False))
     if style == "adaptformer":
-        return [AdapterSite("mosa_adapter", dim, block.mlp, "parallel", channels_first=cf)]
+        # reads the MLP's (channels-last) input and adds to the block output, outside the
+        # frozen layer scale gamma, which would otherwise rescale (or, at 1e-6, mute) it
+        return [
+            AdapterSite(
+                "mosa_adapter",
+                dim,
+                block,
+                "parallel_tap",
+                tap=block.mlp,
+                channels_first=cf,
+                to_nchw=not cf,
+            )
+        ]
     if style == "pfeiffer":
         return [AdapterSite("mosa_adapter", dim, block.mlp, "sequential", channels_first=cf)]
     raise ValueError(
