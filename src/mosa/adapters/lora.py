@@ -86,7 +86,7 @@ class LoRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The additive update to the base layer's output."""
         if len(self.slices) == 1:
-            (name, s), = self.slices.items()
+            ((name, s),) = self.slices.items()
             if s.start == 0 and s.stop == self.out_features:
                 return self.branches[name](x)
         pieces: list[torch.Tensor] = []

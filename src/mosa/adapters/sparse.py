@@ -73,7 +73,9 @@ class MoSALinear(nn.Module):
     def merged_weight(self) -> torch.Tensor:
         """Mean (or sum) of the N experts: ((N-1)·W0 + Θ)/N, or (N-1)·W0 + Θ."""
         n = self.num_experts
-        total = self.weight if self.weight_init is None else self.weight + (n - 1) * self.weight_init
+        total = (
+            self.weight if self.weight_init is None else self.weight + (n - 1) * self.weight_init
+        )
         return total / n if self.merge_rule == "mean" else total
 
     def to_linear(self) -> nn.Linear:

@@ -103,9 +103,7 @@ def _attn_mlp_targets(block: nn.Module) -> dict[str, list[LoRATarget]]:
 def _vit_matches(model: nn.Module) -> bool:
     from timm.models.vision_transformer import Block, VisionTransformer
 
-    return isinstance(model, VisionTransformer) and all(
-        isinstance(b, Block) for b in model.blocks
-    )
+    return isinstance(model, VisionTransformer) and all(isinstance(b, Block) for b in model.blocks)
 
 
 def _vit_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -126,9 +124,7 @@ def _vit_sites(block: nn.Module, style: str) -> list[AdapterSite]:
     ]
 
 
-register_architecture(
-    Architecture("vit", _vit_matches, _vit_blocks, _vit_sites, _attn_mlp_targets)
-)
+register_architecture(Architecture("vit", _vit_matches, _vit_blocks, _vit_sites, _attn_mlp_targets))
 
 # ---------------------------------------------------------------------------- Swin
 

@@ -1,0 +1,1 @@
+"""Command line of mosa (``mosa`` console script, ``python -m mosa``)."""

@@ -25,6 +25,9 @@ class DataConfig:
     mean: tuple[float, float, float] | None = None  # None: the backbone's pretrained_cfg
     std: tuple[float, float, float] | None = None
     shots: int | None = None  # k labelled images per class drawn from the train split
+    # few-shot validation per class, drawn from the undrawn train images when val_split is
+    # None (None: as many as ``shots``, fewer if a class has fewer images left)
+    val_shots: int | None = None
     cache: bool = True
     name: str | None = None  # task name in multi-task runs (default: task)
 
@@ -35,8 +38,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
             raise ConfigError(f"data.kind={self.kind!r} is not one of {', '.join(DATA_KINDS)}")
-        if self.shots is not None and self.shots < 1:
-            raise ConfigError(f"data.shots must be >= 1, got {self.shots}")
+        for key in ("shots", "val_shots"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"data.{key} must be an integer >= 1, got {v!r}")
         if self.img_size is not None and self.img_size < 8:
             raise ConfigError(f"data.img_size must be >= 8, got {self.img_size}")
         for k in ("mean", "std"):
@@ -48,6 +53,7 @@ class DataConfig:
 
     @property
     def label(self) -> str:
+        """The task's name: ``name`` if set, else ``task``."""
         return self.name or self.task
 
 
@@ -152,6 +158,20 @@ class TrainConfig:
             raise ConfigError(
                 f"task_sampling must be proportional or uniform, got {self.task_sampling!r}"
             )
+        if self.multitask:
+            bad = [n for n in labels if not n or "." in n]
+            if bad:
+                raise ConfigError(
+                    f"multi-task heads are named after the tasks, which may not be empty or "
+                    f"contain '.': {bad}; set data.<i>.name"
+                )
+        elif self.joint_head:
+            raise ConfigError("joint_head=True needs several data sets (a multi-task run)")
+
+    @property
+    def multitask(self) -> bool:
+        """Whether this run trains several data sets (one adapter, a head per task)."""
+        return len(self.data) > 1
 
     @property
     def consistency_weight(self) -> float:

@@ -1,8 +1,14 @@
 """Tasks (one data set with its splits) and their loaders, for one process of a (DDP) job.
 
-A run trains on a list of :class:`TaskData`. Today that list has one element; multi-task
-training will add per-task heads and a task sampler that interleaves the tasks' train loaders,
-which is why everything here is per task.
+A run trains on a list of :class:`TaskData`: one for a single-task run, several for multi-task
+training (one head per task, see :mod:`mosa.engine.multitask`).
+
+Low-resource runs (``data.shots = k``) train on k images per class drawn from the train split
+(class-balanced, seeded by the run seed). The drawn indices are written next to the run as
+``shots_<task>.json`` (``mosa.data.save_indices`` format) and a resumed run reads them back
+instead of drawing again. Without a val split, validation is drawn from the train images that
+were not drawn (``val_shots`` per class, ``shots_<task>_val.json``); drawn images are removed
+from a val split that contains some, and a test split that contains one is an error.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mosa.engine.config import DataConfig, TrainConfig
 from mosa.engine.distributed import DistInfo
-from mosa.engine.errors import ClassCountError
+from mosa.engine.errors import ClassCountError, ResumeError
 
 log = logging.getLogger("mosa.engine")
 
@@ -36,6 +45,8 @@ class TaskData:
     test: Dataset | None
     num_classes: int
     val_note: str | None = None
+    shots: int | None = None  # k images per class drawn from the train split (None: all)
+    shots_file: str | None = None  # where the drawn indices are written / read
 
 
 class LabelledSubset(Dataset):
@@ -117,6 +128,19 @@ def check_class_count(model: nn.Module, task: TaskData) -> None:
             )
 
 
+def check_task_labels(task: TaskData) -> None:
+    """Every label of every split must be one of the task's ``num_classes`` classes."""
+    for split, ds in (("train", task.train), ("val", task.val), ("test", task.test)):
+        if ds is None:
+            continue
+        targets = dataset_targets(ds)
+        if targets and (min(targets) < 0 or max(targets) >= task.num_classes):
+            raise ClassCountError(
+                f"task {task.name!r}: the {split} split has labels in "
+                f"{min(targets)}..{max(targets)}, outside 0..{task.num_classes - 1}"
+            )
+
+
 def val_inside_train(train: Dataset, val: Dataset, dcfg: DataConfig | None) -> bool:
     """Whether the val split's images are all training images (VTAB's val200 is part of
     train800val200), decided by image paths when both splits have them, else by split names."""
@@ -188,20 +212,129 @@ def resolve_data_configs(
     ]
 
 
-def _few_shot(ds: Dataset, shots: int, seed: int) -> LabelledSubset:
-    from mosa.data.fewshot import few_shot_indices
+def shots_paths(out: str | os.PathLike[str], label: str) -> tuple[Path, Path]:
+    """Files of a task's few-shot draw: ``out/shots_<task>.json`` (train) and
+    ``out/shots_<task>_val.json`` (validation drawn from the rest, when there is no val split)."""
+    out = Path(out)
+    return out / f"shots_{label}.json", out / f"shots_{label}_val.json"
 
-    return LabelledSubset(ds, few_shot_indices(dataset_targets(ds), shots, seed))
+
+def _draw_shots(targets: Sequence[int], dcfg: DataConfig, seed: int) -> tuple[list[int], Any]:
+    """Fresh draw: (train indices, validation indices or None when the config has a val
+    split). Validation takes ``val_shots`` (default: ``shots``, capped by what every class has
+    left) per class from the undrawn images."""
+    from mosa.data import fewshot
+
+    shots = int(dcfg.shots)  # type: ignore[arg-type]
+    if dcfg.val_split is not None:
+        return fewshot.few_shot_indices(targets, shots, seed), None
+    counts = Counter(int(t) for t in targets)
+    left = min(counts.values()) - shots if counts else 0
+    val_shots = dcfg.val_shots if dcfg.val_shots is not None else min(shots, left)
+    if val_shots < 1:
+        return fewshot.few_shot_indices(targets, shots, seed), []
+    return fewshot.few_shot_split(targets, shots, val_shots, seed)
+
+
+def _paths(ds: Dataset | None) -> list[str] | None:
+    paths = getattr(ds, "paths", None) if ds is not None else None
+    return [os.path.normpath(str(p)) for p in paths] if paths is not None else None
+
+
+def _apply_shots(
+    dcfg: DataConfig,
+    splits: Mapping[str, Dataset | None],
+    seed: int,
+    out: str | os.PathLike[str] | None,
+    resume: bool,
+    write: bool,
+) -> tuple[Dataset, Dataset | None, str | None, str | None]:
+    """(train subset, val, val note, indices file) of a few-shot task."""
+    from mosa.data.errors import DataError
+    from mosa.data.fewshot import load_indices, save_indices
+
+    train_full = splits["train"]
+    assert train_full is not None
+    targets = dataset_targets(train_full)
+    label = dcfg.label
+    path = val_path = None
+    if out is not None:
+        path, val_path = shots_paths(out, label)
+    if resume and path is not None:
+        if not path.is_file():
+            raise ResumeError(
+                f"{path} is missing: the resumed run must train on the images it drew "
+                f"({dcfg.shots} per class); restore the file or start a new run"
+            )
+        idx = load_indices(path, targets=targets)
+        val_idx = None
+        if dcfg.val_split is None:
+            if not val_path.is_file():  # type: ignore[union-attr]
+                raise ResumeError(f"{val_path} is missing: restore it or start a new run")
+            val_idx = load_indices(val_path, targets=targets)  # type: ignore[arg-type]
+        log.info("task %r: re-using the %d-shot draw in %s", label, dcfg.shots, path)
+    else:
+        idx, val_idx = _draw_shots(targets, dcfg, seed)
+        if write and path is not None:
+            meta = {"task": label, "split": dcfg.train_split, "shots": dcfg.shots, "seed": seed}
+            save_indices(path, idx, targets=targets, role="train", **meta)
+            if val_idx is not None:
+                save_indices(val_path, val_idx, targets=targets, role="val", **meta)  # type: ignore[arg-type]
+    train = LabelledSubset(train_full, idx)
+    note = None
+    val = splits["val"]
+    drawn = set(_paths(train) or [])
+    if val_idx is not None:
+        # validation from the undrawn train images, without the training augmentation
+        source = splits.get("train_eval") or train_full
+        if not set(val_idx).isdisjoint(idx):
+            raise DataError(f"{val_path}: validation indices overlap the drawn training images")
+        val = LabelledSubset(source, val_idx) if val_idx else None
+        if val is None:
+            note = (
+                f"no validation: every class of {dcfg.train_split!r} has at most "
+                f"{dcfg.shots} images, all drawn for training"
+            )
+    elif val is not None and drawn:
+        val_paths = _paths(val)
+        if val_paths is not None:
+            keep = [i for i, p in enumerate(val_paths) if p not in drawn]
+            if len(keep) < len(val_paths):
+                log.info(
+                    "task %r: %d drawn training images removed from the val split",
+                    label,
+                    len(val_paths) - len(keep),
+                )
+                val = LabelledSubset(val, keep) if keep else None
+                if val is None:
+                    note = f"no validation: every image of {dcfg.val_split!r} was drawn"
+    test_paths = _paths(splits["test"])
+    if drawn and test_paths is not None:
+        shared = drawn.intersection(test_paths)
+        if shared:
+            raise DataError(
+                f"task {label!r}: the test split {dcfg.test_split!r} contains {len(shared)} "
+                f"image(s) drawn for training (e.g. {sorted(shared)[0]}); fix the split files"
+            )
+    return train, val, note, str(path) if path is not None else None
 
 
 def build_tasks(
     data_configs: Sequence[DataConfig],
     seed: int,
     datasets: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    write: bool = True,
 ) -> list[TaskData]:
     """One :class:`TaskData` per data config, from ``mosa.data.build_dataset`` or from
     pre-built data sets: a mapping ``{"train": ds, "val": ds or None, "test": ds or None}``
-    (one task) or a list of such mappings (one per data config)."""
+    (one task) or a list of such mappings (one per data config).
+
+    Few-shot configs draw their training subset with ``seed`` and write it under ``out``
+    (when ``write``, i.e. on rank 0); with ``resume`` the subset is read back from there.
+    """
     if datasets is not None:
         given = [datasets] if isinstance(datasets, Mapping) else list(datasets)
         if len(given) != len(data_configs):
@@ -214,13 +347,12 @@ def build_tasks(
     tasks = []
     for i, dcfg in enumerate(data_configs):
         if datasets is not None:
-            splits = {k: given[i].get(k) for k in ("train", "val", "test")}
+            splits = {k: given[i].get(k) for k in ("train", "val", "test", "train_eval")}
         else:
             splits = _build_splits(dcfg)
-        train = splits["train"]
+        train, val, note, shots_file = splits["train"], splits["val"], None, None
         if dcfg.shots is not None:
-            train = _few_shot(train, dcfg.shots, seed)
-        val, note = splits["val"], None
+            train, val, note, shots_file = _apply_shots(dcfg, splits, seed, out, resume, write)
         if val is not None and val_inside_train(train, val, dcfg):
             note = (
                 f"val split {dcfg.val_split!r} is contained in the train split "
@@ -228,7 +360,18 @@ def build_tasks(
             )
             val = None
         num_classes = dataset_num_classes(train)
-        tasks.append(TaskData(dcfg.label, train, val, splits["test"], num_classes, note))
+        tasks.append(
+            TaskData(
+                dcfg.label,
+                train,
+                val,
+                splits["test"],
+                num_classes,
+                note,
+                shots=dcfg.shots,
+                shots_file=shots_file,
+            )
+        )
     return tasks
 
 
@@ -250,10 +393,13 @@ def _build_splits(dcfg: DataConfig) -> dict[str, Dataset | None]:
             cache=dcfg.cache,
         )
 
+    # few-shot validation drawn from the train split is read without training augmentation
+    eval_copy = dcfg.shots is not None and dcfg.val_split is None
     return {
         "train": make(dcfg.train_split, True),
         "val": make(dcfg.val_split, False),
         "test": make(dcfg.test_split, False),
+        "train_eval": make(dcfg.train_split, False) if eval_copy else None,
     }
 
 

@@ -1,8 +1,12 @@
-"""Top-1 evaluation in eval mode (MoSA projections use their merged weight, dropout is off)."""
+"""Top-1 evaluation in eval mode (MoSA projections use their merged weight, dropout is off),
+and :func:`load_for_eval`, which rebuilds a trained (multi-task) model from its adapter."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,31 +29,61 @@ def evaluate(
     loader: DataLoader,
     info: DistInfo,
     amp_dtype: torch.dtype | None = None,
+    *,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> dict[str, float | int]:
     """Accuracy and mean cross-entropy over the whole split (all ranks' shards summed).
 
     ``model`` should be the unwrapped module: evaluation needs no gradient synchronisation.
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. ``forward`` replaces ``model(x)``
+    (e.g. one task's head of a multi-task model). With ``span=(offset, count)`` the logits
+    are a joint head's over several tasks: ``acc`` and ``loss`` use the task's slice
+    ``offset:offset+count`` and ``acc_union`` counts an argmax over all classes equal to
+    ``offset + label`` (the task-agnostic accuracy of the reference code).
     """
+    run = forward if forward is not None else model
     was_training = model.training
     model.eval()
-    correct = loss_sum = seen = 0.0
+    correct = loss_sum = seen = union = 0.0
     try:
         for x, y in loader:
             x = x.to(info.device, non_blocking=True)
             y = torch.as_tensor(y).to(info.device, non_blocking=True)
             with autocast(info.device, amp_dtype):
-                logits = model(x)
+                logits = run(x)
             logits = logits.float()
+            if span is not None:
+                union += (logits.argmax(dim=-1) == y + span[0]).sum().item()
+                logits = logits[:, span[0] : span[0] + span[1]]
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(dim=-1) == y).sum().item()
             seen += y.numel()
     finally:
         model.train(was_training)
-    correct, loss_sum, seen = all_reduce_sum([correct, loss_sum, seen], info)
+    correct, loss_sum, seen, union = all_reduce_sum([correct, loss_sum, seen, union], info)
     n = int(seen)
-    return {
+    out: dict[str, float | int] = {
         "acc": correct / n if n else float("nan"),
         "loss": loss_sum / n if n else float("nan"),
         "n": n,
     }
+    if span is not None:
+        out["acc_union"] = union / n if n else float("nan")
+    return out
+
+
+def load_for_eval(
+    path: str | os.PathLike[str],
+    task: str | None = None,
+    *,
+    config: Any = None,
+    weights: str | None = None,
+    merge: bool = True,
+    model: nn.Module | None = None,
+) -> nn.Module:
+    """Rebuild a trained model from an adapter (or run) folder for evaluation, through one
+    task's head for a multi-task adapter; see :func:`mosa.engine.multitask.load_for_eval`."""
+    from mosa.engine.multitask import load_for_eval as _load
+
+    return _load(path, task, config=config, weights=weights, merge=merge, model=model)

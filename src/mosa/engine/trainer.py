@@ -7,12 +7,20 @@ What a run writes to ``config.out`` (rank 0 only):
 - ``metrics.jsonl``: one JSON record per epoch: ``epoch``, ``global_step``, ``train_loss``
   (the whole objective), ``train_ce``, ``train_consistency`` / ``train_deep_consistency``
   (None when off), ``train_acc``, ``val_acc`` / ``val_loss`` (None without a held-out val
-  split), ``lr`` (of the epoch's last update), ``train_images``, ``train_seconds``,
-  ``epoch_seconds``, ``images_per_s``.
+  split; in a multi-task run the mean over the tasks that have one), ``lr`` (of the epoch's
+  last update), ``train_images``, ``train_seconds``, ``epoch_seconds``, ``images_per_s``, and
+  ``tasks``: per task ``steps``, ``train_images``, ``train_loss``, ``train_acc``,
+  ``val_acc``, ``val_loss``.
 - ``summary.json``: the returned summary (see :meth:`_Run._finish` for the fields).
-- ``adapter/``: ``mosa.save_adapter`` of the final, unmerged model.
+- ``adapter/``: ``mosa.save_adapter`` of the final, unmerged model (with every task head).
 - ``curves.png``: loss and accuracy per epoch.
 - ``last/``: the resumable checkpoint (:mod:`mosa.engine.state`).
+- ``shots_<task>.json`` (and ``shots_<task>_val.json``): the few-shot draw of a task with
+  ``data.shots`` set (:mod:`mosa.engine.data`).
+
+Several data sets (``config.data`` with more than one entry) train one backbone and one
+adapter with one head per task (or one joint head), a task per step picked by
+:func:`mosa.engine.multitask.task_order` (:mod:`mosa.engine.multitask`).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from mosa.engine.data import (
     TaskData,
     build_tasks,
     check_class_count,
+    check_task_labels,
     eval_loader,
     per_rank_batch,
     register_project_models,
@@ -60,9 +69,27 @@ from mosa.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from mosa.engine.errors import ResumeError, TrainingDivergedError, TrainingError
+from mosa.engine.errors import (
+    ClassCountError,
+    ResumeError,
+    TrainingDivergedError,
+    TrainingError,
+)
 from mosa.engine.evaluate import autocast, evaluate
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
+from mosa.engine.multitask import (
+    TaskModel,
+    TaskStream,
+    attach_task_heads,
+    has_task_heads,
+    head_parameters,
+    is_joint,
+    label_offset,
+    task_classes,
+    task_logits,
+    task_names,
+    task_order,
+)
 from mosa.engine.optim import ExpertTracker, WarmupCosine, build_optimizer
 from mosa.engine.plots import plot_curves
 from mosa.engine.state import TrainState, find_last, load_last, read_state, save_last
@@ -256,21 +283,41 @@ class _Run:
             )
         return None
 
-    def _prepare_model(self, task: TaskData) -> nn.Module:
+    def _prepare_model(self, tasks: list[TaskData]) -> nn.Module:
+        """The injected model: the given one or ``config.backbone``, with a head per task in
+        a multi-task run (its timm classifier reset to Identity)."""
+        cfg = self.config
         model = self.given_model
         if model is None:
-            model = build_backbone(self.config, task.num_classes)
+            # a real class count (a local weights file's head is then dropped as usual); a
+            # multi-task run replaces that head by its task heads
+            model = build_backbone(cfg, tasks[0].num_classes)
         current = getattr(model, "mosa_config", None)
         if current is None:
-            mosa.inject(model, self.config.method)
-        elif current != self.config.method:
+            if cfg.multitask and not has_task_heads(model):
+                model.reset_classifier(0)  # before inject, which unfreezes the classifier
+            mosa.inject(model, cfg.method)
+        elif current != cfg.method:
             raise TrainingError(
                 "the given model was injected with another method config than config.method; "
                 "pass an un-injected model"
             )
         if getattr(model, "mosa_merged", False):
             raise TrainingError("the given model is merged; training needs the unmerged model")
-        check_class_count(model, task)
+        if cfg.multitask:
+            classes = {t.name: t.num_classes for t in tasks}
+            if not has_task_heads(model):
+                attach_task_heads(model, classes, joint=cfg.joint_head)
+            have = {n: task_classes(model, n) for n in task_names(model)}
+            if have != classes or is_joint(model) != cfg.joint_head:
+                raise ClassCountError(
+                    f"the given model's task heads ({have}, joint={is_joint(model)}) do not fit "
+                    f"the tasks ({classes}, joint={cfg.joint_head}); pass a model without heads"
+                )
+            for t in tasks:
+                check_task_labels(t)
+        else:
+            check_class_count(model, tasks[0])
         return model.to(self.device)
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -303,15 +350,22 @@ class _Run:
         self.resolved = json.loads(json.dumps(resolved.to_dict()))  # as config.json holds it
         doc = self._read_checkpoint(checkpoint) if checkpoint is not None else None
 
-        tasks = build_tasks(data_cfgs, cfg.seed, self.given_datasets)
-        if len(tasks) > 1:
-            raise NotImplementedError(
-                "multi-task training (several data sets) is not implemented yet; give one data set"
-            )
-        self.task = task = tasks[0]
-        if task.val_note and info.is_main:
-            log.info(task.val_note)
-        self.model = model = self._prepare_model(task)
+        tasks = build_tasks(
+            data_cfgs,
+            cfg.seed,
+            self.given_datasets,
+            out=self.out,
+            resume=checkpoint is not None,
+            write=info.is_main,
+        )
+        self.tasks = tasks
+        self.multitask = cfg.multitask
+        for task in tasks:
+            if task.val_note and info.is_main:
+                log.info("task %r: %s", task.name, task.val_note)
+        self.model = model = self._prepare_model(tasks)
+        self.joint = self.multitask and is_joint(model)
+        self.offsets = [label_offset(model, t.name) if self.joint else 0 for t in tasks]
         self.amp = self._amp_dtype()
         if cfg.method.routing == "sample" and info.distributed:
             log.warning(
@@ -321,15 +375,25 @@ class _Run:
 
         ocfg = cfg.optim
         self.local_batch = per_rank_batch(ocfg.batch_size, info)
-        loader, sampler, loader_gen = train_loader(
-            task.train, self.local_batch, info, cfg.seed, cfg.num_workers
-        )
-        steps = len(loader)
-        if steps == 0:
-            raise TrainingError(f"task {task.name!r} has an empty train split")
-        val_loader = (
-            eval_loader(task.val, self.local_batch, info, cfg.num_workers) if task.val else None
-        )
+        self.streams: list[TaskStream] = []
+        self.val_loaders: list[Any] = []
+        for i, task in enumerate(tasks):
+            # task 0 keeps the single-task shuffle; the others get their own streams
+            task_seed = cfg.seed + 1_000_003 * i
+            loader, sampler, loader_gen = train_loader(
+                task.train, self.local_batch, info, task_seed, cfg.num_workers
+            )
+            if len(loader) == 0:
+                raise TrainingError(f"task {task.name!r} has an empty train split")
+            self.streams.append(TaskStream(loader, sampler, loader_gen, task_seed))
+            self.val_loaders.append(
+                eval_loader(task.val, self.local_batch, info, cfg.num_workers)
+                if task.val is not None
+                else None
+            )
+        self.task_steps = [len(s) for s in self.streams]
+        steps = sum(self.task_steps)  # per epoch, whatever the sampling rule
+        self.steps_per_epoch = steps
         self.optimizer = build_optimizer(model, ocfg)
         self.scheduler = WarmupCosine(
             self.optimizer,
@@ -343,8 +407,16 @@ class _Run:
         self.ddp: nn.Module = model
         if info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # buffers (partitions, initial weights) never change: no per-step broadcast
-            self.ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+            # buffers (partitions, initial weights) never change: no per-step broadcast.
+            # Multi-task: every rank runs the same task in a step; the other tasks' heads get
+            # no gradient on any rank, which DDP must be told (their grads then stay None).
+            wrapped = TaskModel(model) if self.multitask else model
+            self.ddp = DistributedDataParallel(
+                wrapped,
+                device_ids=ids,
+                broadcast_buffers=False,
+                find_unused_parameters=self.multitask and not self.joint,
+            )
 
         state = TrainState(epoch=0, global_step=0, history=[], elapsed_s=0.0)
         if checkpoint is not None and doc is not None:
@@ -375,9 +447,11 @@ class _Run:
             )
             self.two_pass = self.consistency > 0 or self.capture is not None
             for epoch in range(state.epoch + 1, ocfg.epochs + 1):
-                self._epoch(epoch, state, loader, sampler, loader_gen, val_loader)
+                self._epoch(epoch, state)
             return self._finish(state)
         finally:
+            for stream in self.streams:
+                stream.stop()
             for h in (self.tracker, getattr(self, "capture", None)):
                 if h is not None:
                     h.close()
@@ -403,52 +477,74 @@ class _Run:
         return doc
 
     # ------------------------------------------------------------------ one epoch
-    def _epoch(
-        self,
-        epoch: int,
-        state: TrainState,
-        loader: Any,
-        sampler: Any,
-        loader_gen: torch.Generator,
-        val_loader: Any,
-    ) -> None:
+    def _epoch(self, epoch: int, state: TrainState) -> None:
         cfg, info = self.config, self.info
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)  # loader workers' seeds
+        for stream in self.streams:
+            stream.start(epoch)
+        if self.multitask:
+            order = task_order(self.task_steps, cfg.task_sampling, cfg.seed, epoch)
+        else:
+            order = [0] * self.task_steps[0]
         self.model.train()
-        sums = dict(loss=0.0, ce=0.0, kl=0.0, deep=0.0, correct=0.0, seen=0.0)
-        bar = self._bar(epoch, len(loader), state)
+        n_tasks = len(self.tasks)
+        keys = ("loss", "ce", "kl", "deep", "correct", "seen", "steps")
+        sums = [dict.fromkeys(keys, 0.0) for _ in range(n_tasks)]
+        bar = self._bar(epoch, len(order))
         lr = self.scheduler.lr
         try:
-            for step, (x, y) in enumerate(loader):
+            for step, t in enumerate(order):
+                x, y = self.streams[t].next()
                 x = x.to(self.device, non_blocking=True)
                 y = torch.as_tensor(y).to(self.device, non_blocking=True)
                 lr = self.scheduler.lr
-                out = self._step(x, y, epoch, step, state.global_step)
+                out = self._step(x, y, t, epoch, step, state.global_step)
                 state.global_step += 1
                 n = float(y.numel())
+                acc = sums[t]
                 for k in ("loss", "ce", "kl", "deep"):
-                    sums[k] += out[k] * n
-                sums["correct"] += out["correct"]
-                sums["seen"] += n
+                    acc[k] += out[k] * n
+                acc["correct"] += out["correct"]
+                acc["seen"] += n
+                acc["steps"] += 1
                 if bar is not None:
+                    seen = sum(a["seen"] for a in sums)
                     bar.update(1)
                     bar.set_postfix(
                         epoch=f"{epoch}/{cfg.optim.epochs}",
-                        loss=f"{sums['loss'] / sums['seen']:.4f}",
-                        acc=f"{sums['correct'] / sums['seen']:.3f}",
+                        loss=f"{sum(a['loss'] for a in sums) / seen:.4f}",
+                        acc=f"{sum(a['correct'] for a in sums) / seen:.3f}",
                         lr=f"{lr:.2e}",
                         refresh=False,
                     )
         finally:
             if bar is not None:
                 bar.close()
+            for stream in self.streams:
+                stream.stop()
         train_s = time.perf_counter() - t0
-        keys = ("loss", "ce", "kl", "deep", "correct", "seen")
-        totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], info), strict=True))
+        flat = all_reduce_sum([a[k] for a in sums for k in keys], info)
+        per_task = [
+            dict(zip(keys, flat[i * len(keys) : (i + 1) * len(keys)], strict=True))
+            for i in range(n_tasks)
+        ]
+        totals = {k: sum(p[k] for p in per_task) for k in keys}
         seen = max(totals["seen"], 1.0)
-        val = evaluate(self.model, val_loader, info, self.amp) if val_loader is not None else None
+        task_records: dict[str, dict[str, Any]] = {}
+        for i, task in enumerate(self.tasks):
+            p = per_task[i]
+            val = self._evaluate(i, self.val_loaders[i])
+            task_records[task.name] = {
+                # steps are counted once per rank: every rank runs the same steps
+                "steps": int(p["steps"] / info.world_size),
+                "train_images": int(p["seen"]),
+                "train_loss": p["loss"] / p["seen"] if p["seen"] else None,
+                "train_acc": p["correct"] / p["seen"] if p["seen"] else None,
+                "val_acc": val["acc"] if val else None,
+                "val_loss": val["loss"] if val else None,
+            }
+        val_accs = [r["val_acc"] for r in task_records.values() if r["val_acc"] is not None]
+        val_losses = [r["val_loss"] for r in task_records.values() if r["val_loss"] is not None]
         record: dict[str, Any] = {
             "epoch": epoch,
             "global_step": state.global_step,
@@ -457,18 +553,20 @@ class _Run:
             "train_consistency": totals["kl"] / seen if self.consistency > 0 else None,
             "train_deep_consistency": totals["deep"] / seen if self.capture else None,
             "train_acc": totals["correct"] / seen,
-            "val_acc": val["acc"] if val else None,
-            "val_loss": val["loss"] if val else None,
+            # multi-task: the mean over the tasks with a held-out val split
+            "val_acc": sum(val_accs) / len(val_accs) if val_accs else None,
+            "val_loss": sum(val_losses) / len(val_losses) if val_losses else None,
             "lr": lr,
             "train_images": int(totals["seen"]),
             "train_seconds": train_s,
             "images_per_s": totals["seen"] / train_s if train_s > 0 else None,
+            "tasks": task_records,
         }
         self._check_routing(f"epoch {epoch}")
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
             # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
             raise TrainingDivergedError(
-                epoch, len(loader) - 1, state.global_step - 1, math.nan, lr, "weights"
+                epoch, len(order) - 1, state.global_step - 1, math.nan, lr, "weights"
             )
         record["epoch_seconds"] = time.perf_counter() - t0
         state.history.append(record)
@@ -479,6 +577,15 @@ class _Run:
             with open(self.out / METRICS_JSONL, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
             val_txt = "n/a" if record["val_acc"] is None else f"{record['val_acc']:.4f}"
+            if self.multitask:
+                val_txt += (
+                    " (mean; "
+                    + ", ".join(
+                        f"{n} {'n/a' if r['val_acc'] is None else format(r['val_acc'], '.4f')}"
+                        for n, r in task_records.items()
+                    )
+                    + ")"
+                )
             log.info(
                 "epoch %d/%d: loss %.4f, train acc %.4f, val acc %s, lr %.3g, %.1fs, %.0f img/s",
                 epoch,
@@ -500,14 +607,46 @@ class _Run:
                     param_names=self.param_names,
                     state=state,
                     config=self.resolved,
-                    sampler={"kind": "DistributedSampler", "seed": cfg.seed, "epoch": epoch},
+                    sampler={
+                        "kind": "DistributedSampler",
+                        "seed": cfg.seed,
+                        "epoch": epoch,
+                        "task_sampling": cfg.task_sampling if self.multitask else None,
+                    },
                 )
             barrier(info)
         if self.on_epoch_end is not None:
             self.on_epoch_end(dict(record))
 
+    def _forward(self, x: torch.Tensor, t: int, ddp: bool) -> torch.Tensor:
+        """Training logits of task ``t`` (a joint head's: over the union of classes), through
+        the DDP wrapper or the bare model."""
+        if not self.multitask:
+            return (self.ddp if ddp else self.model)(x)
+        name = self.tasks[t].name
+        if ddp and self.ddp is not self.model:
+            return self.ddp(x, name, union=True)
+        return task_logits(self.model, x, name, union=True)
+
+    def _evaluate(self, t: int, loader: Any) -> dict[str, Any] | None:
+        """Task ``t``'s accuracy and loss on ``loader`` (None without a loader)."""
+        if loader is None:
+            return None
+        if not self.multitask:
+            return evaluate(self.model, loader, self.info, self.amp)
+        name = self.tasks[t].name
+        span = (self.offsets[t], task_classes(self.model, name)) if self.joint else None
+        return evaluate(
+            self.model,
+            loader,
+            self.info,
+            self.amp,
+            forward=lambda x: task_logits(self.model, x, name, union=True),
+            span=span,
+        )
+
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, global_step: int
+        self, x: torch.Tensor, y: torch.Tensor, t: int, epoch: int, step: int, global_step: int
     ) -> dict[str, float]:
         ocfg = self.config.optim
         self.optimizer.zero_grad(set_to_none=True)
@@ -515,9 +654,10 @@ class _Run:
             self.tracker.reset()
         if self.capture is not None:
             self.capture.take()
+        target = y + self.offsets[t] if self.offsets[t] else y  # joint head: union labels
         with autocast(self.device, self.amp):
-            logits = self.ddp(x)
-        ce = classification_loss(logits, y, ocfg.label_smoothing)
+            logits = self._forward(x, t, ddp=True)
+        ce = classification_loss(logits, target, ocfg.label_smoothing)
         loss = ce
         kl = deep = None
         if self.two_pass:
@@ -526,7 +666,7 @@ class _Run:
             # masks; through the bare module, as DDP expects one forward per backward and
             # autograd sums both passes' gradients into each parameter before DDP's hooks run
             with autocast(self.device, self.amp):
-                logits2 = self.model(x)
+                logits2 = self._forward(x, t, ddp=False)
             if self.consistency > 0:
                 kl = symmetric_kl(logits, logits2)
                 loss = loss + self.consistency * kl
@@ -548,7 +688,7 @@ class _Run:
                 ce.detach(),
                 kl.detach() if kl is not None else zero,
                 deep.detach() if deep is not None else zero,
-                (logits.detach().argmax(dim=-1) == y).sum().float(),
+                (logits.detach().argmax(dim=-1) == target).sum().float(),
                 norm.detach().float().to(loss.device),
             ]
         ).tolist()
@@ -567,7 +707,7 @@ class _Run:
         return {"loss": loss_v, "ce": ce_v, "kl": kl_v, "deep": deep_v, "correct": correct}
 
     # ------------------------------------------------------------------ helpers
-    def _bar(self, epoch: int, steps: int, state: TrainState) -> Any:
+    def _bar(self, epoch: int, steps: int) -> Any:
         """One bar over the whole run (its ETA is the run's), shown by rank 0 on a terminal."""
         if not (self.progress and self.info.is_main and sys.stderr.isatty()):
             return None
@@ -577,7 +717,7 @@ class _Run:
         return tqdm(
             total=total,
             initial=(epoch - 1) * steps,
-            desc=f"train {self.task.name}",
+            desc="train " + "+".join(t.name for t in self.tasks),
             unit="step",
             dynamic_ncols=True,
             leave=epoch == self.config.optim.epochs,
@@ -600,49 +740,79 @@ class _Run:
         barrier(self.info)
 
     def _finish(self, state: TrainState) -> dict[str, Any]:
-        """Score the final model on the test split, write adapter, curves and the summary:
+        """Score the final model on the test split(s), write adapter, curves and the summary:
         ``val_acc`` (final epoch; None with ``val_note`` when val is not held out),
-        ``test_acc``, ``best_val_acc`` / ``best_val_epoch`` (information only), ``tasks``
-        (per-task numbers), ``params`` (``mosa.summary``), ``wall_time_s``,
+        ``test_acc``, ``mean_val_acc`` / ``mean_test_acc`` (over the tasks; in a multi-task
+        run ``val_acc`` / ``test_acc`` are these means), ``best_val_acc`` / ``best_val_epoch``
+        (information only), ``tasks`` (per task: sizes, ``val_acc``, ``test_acc``,
+        ``test_loss``, ``shots``, ``shots_file``; with a joint head also ``test_acc_union``,
+        the argmax over every task's classes), ``multitask``, ``task_sampling``,
+        ``joint_head``, ``params`` (``mosa.summary`` plus ``task_heads``), ``wall_time_s``,
         ``train_time_s``, ``images_per_s``, ``peak_memory_bytes`` / ``peak_memory_kind``,
         ``seed``, ``resumed_from_epoch``, ``config``, ``versions`` and ``host``."""
-        cfg, info, task = self.config, self.info, self.task
-        test = None
-        if task.test is not None:
-            loader = eval_loader(task.test, self.local_batch, info, cfg.num_workers)
-            test = evaluate(self.model, loader, info, self.amp)
+        cfg, info = self.config, self.info
         history = state.history
         last = history[-1] if history else {}
+        last_tasks = last.get("tasks", {})
+        tasks_summary: dict[str, dict[str, Any]] = {}
+        for i, task in enumerate(self.tasks):
+            test = None
+            if task.test is not None:
+                loader = eval_loader(task.test, self.local_batch, info, cfg.num_workers)
+                test = self._evaluate(i, loader)
+            entry = {
+                "num_classes": task.num_classes,
+                "train_size": len(task.train),
+                "val_size": len(task.val) if task.val is not None else None,
+                "test_size": len(task.test) if task.test is not None else None,
+                "val_acc": last_tasks.get(task.name, {}).get("val_acc"),
+                "val_note": task.val_note,
+                "test_acc": test["acc"] if test else None,
+                "test_loss": test["loss"] if test else None,
+                "shots": task.shots,
+                "shots_file": task.shots_file,
+            }
+            if self.joint:
+                entry["label_offset"] = self.offsets[i]
+                entry["test_acc_union"] = test.get("acc_union") if test else None
+            tasks_summary[task.name] = entry
+
+        def mean(key: str) -> float | None:
+            values = [e[key] for e in tasks_summary.values() if e[key] is not None]
+            return sum(values) / len(values) if values else None
+
+        notes = [f"{n}: {e['val_note']}" for n, e in tasks_summary.items() if e["val_note"]]
+        val_note = None
+        if notes:
+            val_note = self.tasks[0].val_note if not self.multitask else "; ".join(notes)
+        params = mosa.summary(self.model)
+        params["task_heads"] = head_parameters(self.model)  # part of params["adapter"]
         vals = [(r["val_acc"], r["epoch"]) for r in history if r.get("val_acc") is not None]
         best_acc, best_epoch = max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
         images = sum(r.get("train_images", 0) for r in history)
         train_s = sum(r.get("train_seconds", 0.0) for r in history)
         wall = self.base_elapsed + (time.perf_counter() - self.started)
         mem, mem_kind = peak_memory(self.device)
-        task_summary = {
-            "num_classes": task.num_classes,
-            "train_size": len(task.train),
-            "val_size": len(task.val) if task.val is not None else None,
-            "test_size": len(task.test) if task.test is not None else None,
-            "val_acc": last.get("val_acc"),
-            "val_note": task.val_note,
-            "test_acc": test["acc"] if test else None,
-            "test_loss": test["loss"] if test else None,
-        }
+        first = tasks_summary[self.tasks[0].name]
         summary: dict[str, Any] = {
             "status": "completed",
             "epochs": len(history),
             "global_steps": state.global_step,
-            "val_acc": task_summary["val_acc"],
-            "val_note": task.val_note,
-            "test_acc": task_summary["test_acc"],
+            "val_acc": mean("val_acc") if self.multitask else first["val_acc"],
+            "val_note": val_note,
+            "test_acc": mean("test_acc") if self.multitask else first["test_acc"],
+            "mean_val_acc": mean("val_acc"),
+            "mean_test_acc": mean("test_acc"),
+            "multitask": self.multitask,
+            "task_sampling": cfg.task_sampling if self.multitask else None,
+            "joint_head": self.joint,
             "best_val_acc": best_acc,
             "best_val_epoch": best_epoch,
             "best_val_note": "for information only: the reported model is the final one",
             "final_train_loss": last.get("train_loss"),
             "final_train_acc": last.get("train_acc"),
-            "tasks": {task.name: task_summary},
-            "params": mosa.summary(self.model),
+            "tasks": tasks_summary,
+            "params": params,
             "wall_time_s": wall,
             "process_wall_time_s": time.perf_counter() - self.started,
             "train_time_s": train_s,
