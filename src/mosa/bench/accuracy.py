@@ -1,0 +1,529 @@
+"""``mosa bench accuracy``: MoSA against its baselines on real data, with an honest protocol.
+
+Protocol (the same on the project's offline suite and on anyone's VTAB-1k-layout folders):
+
+1. Every method (``linear``, ``full``, ``adapter``, ``lora``, ``mosa``, ``mosa_lora``; adapter
+   bottleneck = LoRA rank) trains on ``train800`` with seed 0 for each learning rate of its
+   grid; the learning rate with the best ``val200`` accuracy is chosen (ties: the smaller).
+2. The chosen setting is trained again with the remaining seeds (the seed-0 run is reused).
+3. Each record reports the final model's test accuracy: the test split never chooses anything.
+
+Runs are independent folders (``OUT/runs/<task>/<method>/lr<lr>/seed<seed>``), so a killed
+benchmark resumes where it stopped; several runs train at once in separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from mosa.checkpoint import atomic_write_bytes, atomic_write_json
+from mosa.engine.sweep import SweepRun, plan_sweep, run_one
+
+METHODS = ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
+# Learning-rate grids per method, searched on val with seed 0 (AdamW, warm-up + cosine).
+LR_GRID: dict[str, tuple[float, ...]] = {
+    "linear": (3e-3, 1e-2),
+    "full": (1e-4, 3e-4),
+    "adapter": (2e-3, 5e-3),
+    "lora": (2e-3, 5e-3),
+    "mosa": (2e-3, 5e-3),
+    "mosa_lora": (2e-3, 5e-3),
+}
+SUITE_TASKS = (
+    "digits",
+    "digits_noisy",
+    "fmnist_noisy",
+    "fmnist_rot",
+    "fmnist_loc",
+    "fmnist_count",
+    "fmnist_scale",
+)
+QUICK_TASKS = ("digits", "fmnist_noisy", "fmnist_rot")
+BASE_RECIPE = "offline/_base"
+
+
+@dataclass
+class Protocol:
+    """Everything that defines a benchmark run; written to ``OUT/protocol.json``."""
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    bottleneck: int
+    lr_grid: dict[str, tuple[float, ...]]
+    data_root: str
+    backbone: str = "mosa_vit_fmnist"
+
+    def overrides(self) -> list[str]:
+        return [
+            f"backbone={self.backbone}",
+            f"data.root={self.data_root}",
+            "data.train_split=train800",
+            "data.val_split=val200",
+            "data.test_split=test",
+            f"optim.epochs={self.epochs}",
+            f"optim.warmup_epochs={self.warmup_epochs}",
+            f"optim.batch_size={self.batch_size}",
+            f"method.bottleneck={self.bottleneck}",
+            f"method.rank={self.bottleneck}",
+        ]
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_config(config_dict: dict[str, Any]) -> dict[str, Any]:
+    from mosa.engine.config import TrainConfig
+
+    config = TrainConfig.from_dict(config_dict)
+    _, summary = run_one(config)
+    return summary
+
+
+def _run_all(
+    runs: Sequence[SweepRun], jobs: int, threads: int, log: Callable[[str], None]
+) -> dict[Path, dict[str, Any]]:
+    """Train every run (finished ones are read back), ``jobs`` processes at a time."""
+    results: dict[Path, dict[str, Any]] = {}
+    todo = []
+    for r in runs:
+        if (r.run_dir / "summary.json").is_file():
+            results[r.run_dir] = json.loads((r.run_dir / "summary.json").read_text())
+        else:
+            todo.append(r)
+    if not todo:
+        return results
+    log(f"  training {len(todo)} run(s), {jobs} at a time ({len(results)} already done)")
+    start = time.perf_counter()
+    if jobs <= 1:
+        _init_worker(threads)
+        for i, r in enumerate(todo, 1):
+            results[r.run_dir] = _run_config(r.config.to_dict())
+            log(f"  [{i}/{len(todo)}] {_label(r)} done ({time.perf_counter() - start:.0f}s)")
+        return results
+    ctx = get_context("spawn")  # a clean interpreter per worker: no forked torch threads
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {pool.submit(_run_config, r.config.to_dict()): r for r in todo}
+        for i, fut in enumerate(_as_completed(futures), 1):
+            r = futures[fut]
+            results[r.run_dir] = fut.result()
+            log(f"  [{i}/{len(todo)}] {_label(r)} done ({time.perf_counter() - start:.0f}s)")
+    return results
+
+
+def _as_completed(futures: dict[Any, SweepRun]) -> Any:
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def _label(r: SweepRun) -> str:
+    return f"{r.task}/{r.method}/lr={r.lr:g}/seed={r.seed}"
+
+
+def _record(r: SweepRun, summary: dict[str, Any], grid: dict[str, float | None]) -> dict[str, Any]:
+    params = summary.get("params") or {}
+    return {
+        "task": r.task,
+        "method": r.method,
+        "seed": r.seed,
+        "lr": r.lr,
+        "test_acc": summary.get("test_acc"),
+        "val_acc": summary.get("val_acc"),
+        "trainable_params": params.get("trainable"),
+        "total_params": params.get("total"),
+        "wall_s": summary.get("wall_time_s"),
+        "images_per_s": summary.get("images_per_s"),
+        "epochs": summary.get("epochs"),
+        "hyperparameters": {"lr": r.lr, "chosen_by": "val_acc at seed 0", "val_by_lr": grid},
+        "run_dir": str(r.run_dir),
+    }
+
+
+def run_protocol(
+    protocol: Protocol,
+    out: str | Path,
+    *,
+    jobs: int = 2,
+    threads: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run the selection phase and the seed phase; return one record per task x method x seed."""
+    out = Path(out)
+    runs_root = out / "runs"
+    atomic_write_json(out / "protocol.json", _protocol_dict(protocol))
+    base = [BASE_RECIPE]
+    over = protocol.overrides()
+    first_seed, *other_seeds = protocol.seeds
+    # phase 1: every lr of every method's grid, first seed, chosen on val
+    selection: list[SweepRun] = []
+    for m in protocol.methods:
+        selection += plan_sweep(
+            base,
+            over,
+            out=runs_root,
+            tasks=protocol.tasks,
+            methods=[m],
+            seeds=[first_seed],
+            lrs=protocol.lr_grid[m],
+        )
+    log(f"selection: {len(selection)} run(s) (tasks x methods x learning rates, seed {first_seed})")
+    done = _run_all(selection, jobs, threads, log)
+    chosen: dict[tuple[str, str], SweepRun] = {}
+    grids: dict[tuple[str, str], dict[str, float | None]] = {}
+    for r in selection:
+        key = (r.task, r.method)
+        val = done[r.run_dir].get("val_acc")
+        grids.setdefault(key, {})[f"{r.lr:g}"] = val
+        best = chosen.get(key)
+        best_val = done[best.run_dir].get("val_acc") if best else None
+        if best is None or (val is not None and (best_val is None or val > best_val)):
+            chosen[key] = r  # strict '>' keeps the smaller lr on ties (grids are ascending)
+    # phase 2: the chosen lr with the other seeds
+    seed_runs: list[SweepRun] = []
+    for (task, method), r in chosen.items():
+        if other_seeds:
+            seed_runs += plan_sweep(
+                base,
+                over,
+                out=runs_root,
+                tasks=[task],
+                methods=[method],
+                seeds=other_seeds,
+                lrs=[r.lr],
+            )
+    log(f"seeds: {len(seed_runs)} run(s) at the chosen learning rates")
+    done.update(_run_all(seed_runs, jobs, threads, log))
+    records = []
+    for r in [*chosen.values(), *seed_runs]:
+        records.append(_record(r, done[r.run_dir], grids[(r.task, r.method)]))
+    records.sort(key=lambda x: (x["task"], METHODS.index(x["method"]), x["seed"]))
+    return records
+
+
+def _protocol_dict(p: Protocol) -> dict[str, Any]:
+    return {
+        "tasks": list(p.tasks),
+        "methods": list(p.methods),
+        "seeds": list(p.seeds),
+        "epochs": p.epochs,
+        "warmup_epochs": p.warmup_epochs,
+        "batch_size": p.batch_size,
+        "bottleneck_and_rank": p.bottleneck,
+        "lr_grid": {m: list(v) for m, v in p.lr_grid.items()},
+        "data_root": p.data_root,
+        "backbone": p.backbone,
+        "selection": "lr with the best val200 accuracy at the first seed; test never used",
+        "train_split": "train800",
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(
+    records: list[dict[str, Any]], groups: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Per task x method: mean/std of test accuracy (percent) over seeds, params, wall time."""
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        cells.setdefault(rec["task"], {}).setdefault(rec["method"], {"recs": []})["recs"].append(
+            rec
+        )
+    table: dict[str, Any] = {"tasks": {}, "methods": [], "means": {}}
+    methods = [m for m in METHODS if any(m in c for c in cells.values())]
+    table["methods"] = methods
+    for task, by_m in cells.items():
+        row = {}
+        for m, c in by_m.items():
+            tests = [100 * r["test_acc"] for r in c["recs"] if r["test_acc"] is not None]
+            vals = [100 * r["val_acc"] for r in c["recs"] if r["val_acc"] is not None]
+            mean, std = _mean_std(tests) if tests else (None, None)
+            row[m] = {
+                "test_mean": mean,
+                "test_std": std,
+                "val_mean": statistics.fmean(vals) if vals else None,
+                "n": len(tests),
+                "lr": c["recs"][0]["lr"],
+                "trainable_params": c["recs"][0]["trainable_params"],
+                "wall_s_mean": statistics.fmean(r["wall_s"] or 0.0 for r in c["recs"]),
+            }
+        table["tasks"][task] = {"group": (groups or {}).get(task), "methods": row}
+    for m in methods:
+        per_task = [
+            t["methods"][m]["test_mean"] for t in table["tasks"].values() if m in t["methods"]
+        ]
+        if len(per_task) == len(table["tasks"]) and all(v is not None for v in per_task):
+            entry: dict[str, Any] = {"task_mean": statistics.fmean(per_task)}
+            if groups:
+                by_group: dict[str, list[float]] = {}
+                for t in table["tasks"].values():
+                    if t["group"]:
+                        by_group.setdefault(t["group"], []).append(t["methods"][m]["test_mean"])
+                gm = {g: statistics.fmean(v) for g, v in by_group.items()}
+                entry["group_means"] = gm
+                if len(gm) > 1:
+                    entry["mean_of_group_means"] = statistics.fmean(gm.values())
+            table["means"][m] = entry
+    return table
+
+
+def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
+    """The results table: test top-1 % (mean ± std over seeds) per task and method."""
+    methods = table["methods"]
+    lines = [
+        "| task | group | " + " | ".join(methods) + " |",
+        "|---|---|" + "|".join(":---:" for _ in methods) + "|",
+    ]
+    for task, t in table["tasks"].items():
+        cells = []
+        for m in methods:
+            c = t["methods"].get(m)
+            cells.append(
+                "—"
+                if not c or c["test_mean"] is None
+                else f"{c['test_mean']:.1f} ± {c['test_std']:.1f}"
+            )
+        lines.append(f"| {task} | {t['group'] or ''} | " + " | ".join(cells) + " |")
+    means = table["means"]
+    if means:
+        lines.append(
+            "| **mean over tasks** | | "
+            + " | ".join(f"**{means[m]['task_mean']:.1f}**" if m in means else "—" for m in methods)
+            + " |"
+        )
+        if any("mean_of_group_means" in means.get(m, {}) for m in methods):
+            lines.append(
+                "| mean of group means | | "
+                + " | ".join(
+                    f"{means[m]['mean_of_group_means']:.1f}"
+                    if "mean_of_group_means" in means.get(m, {})
+                    else "—"
+                    for m in methods
+                )
+                + " |"
+            )
+    first = next(iter(table["tasks"].values()), None)
+    if first:
+        lines.append(
+            "| trainable params | | "
+            + " | ".join(
+                f"{first['methods'][m]['trainable_params']:,}" if m in first["methods"] else "—"
+                for m in methods
+            )
+            + " |"
+        )
+        walls = []
+        for m in methods:
+            ws = [
+                t["methods"][m]["wall_s_mean"] for t in table["tasks"].values() if m in t["methods"]
+            ]
+            walls.append(f"{statistics.fmean(ws):.0f}" if ws else "—")
+        lines.append("| wall s / run (mean) | | " + " | ".join(walls) + " |")
+    lines += [
+        "",
+        "Chosen learning rate per cell (best val200 accuracy at the first seed):",
+        "",
+        "| task | " + " | ".join(methods) + " |",
+        "|---|" + "|".join(":---:" for _ in methods) + "|",
+    ]
+    for task, t in table["tasks"].items():
+        lines.append(
+            f"| {task} | "
+            + " | ".join(
+                f"{t['methods'][m]['lr']:g}" if m in t["methods"] else "—" for m in methods
+            )
+            + " |"
+        )
+    n_seeds = len(protocol["seeds"])
+    head = (
+        f"Test top-1 (%) of the final model, mean ± sample std over {n_seeds} seed(s); "
+        f"{protocol['epochs']} epochs on train800, learning rate chosen on val200, "
+        f"adapter bottleneck = LoRA rank = {protocol['bottleneck_and_rank']}, backbone "
+        f"`{protocol['backbone']}`."
+    )
+    return head + "\n\n" + "\n".join(lines) + "\n"
+
+
+def plot(table: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: test accuracy per task and method, with seed std as error bars."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(table["tasks"])
+    methods = table["methods"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(tasks) + 2), 4.2))
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        xs, ys, es = [], [], []
+        for j, task in enumerate(tasks):
+            c = table["tasks"][task]["methods"].get(m)
+            if c and c["test_mean"] is not None:
+                xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                ys.append(c["test_mean"])
+                es.append(c["test_std"])
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=m)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=20, ha="right")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(ncol=min(len(methods), 6), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _task_groups(data_root: Path, tasks: Sequence[str]) -> dict[str, str]:
+    from mosa.data.prepare import TASK_GROUPS
+    from mosa.data.vtab import VTAB_TASKS
+
+    groups: dict[str, str] = {}
+    for t in tasks:
+        if t in TASK_GROUPS:
+            groups[t] = TASK_GROUPS[t]
+        elif t in VTAB_TASKS:
+            groups[t] = VTAB_TASKS[t][0]
+        else:
+            meta = data_root / t / "meta.json"
+            if meta.is_file():
+                g = json.loads(meta.read_text()).get("group")
+                if g:
+                    groups[t] = g
+    return groups
+
+
+def write_results(
+    records: list[dict[str, Any]], protocol: dict[str, Any], out: Path, groups: dict[str, str]
+) -> dict[str, Path]:
+    """``results.json`` (records + table + protocol), ``results.md`` and ``results.png``."""
+    table = summarise(records, groups)
+    atomic_write_json(
+        out / "results.json", {"protocol": protocol, "records": records, "table": table}
+    )
+    md = render_markdown(table, protocol)
+    atomic_write_bytes(out / "results.md", md.encode())
+    png = plot(table, out / "results.png")
+    return {"json": out / "results.json", "markdown": out / "results.md", "plot": png}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mosa bench accuracy",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  mosa bench accuracy --quick                      # 3 tasks, 1 seed, < 10 min on 2 cores\n"
+            "  mosa bench accuracy --out runs/bench_accuracy    # the full offline suite, 3 seeds\n"
+            "  mosa bench accuracy --data-root DIR --tasks a,b,c --out OUT   # your own VTAB-layout tasks\n"
+        ),
+    )
+    p.add_argument("--out", default="runs/bench_accuracy", help="output folder (resumable)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of VTAB-1k-layout tasks (default: prepare the offline suite under OUT/data)",
+    )
+    p.add_argument("--tasks", default=None, help="comma-separated task folders")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default 10; --quick: 5)"
+    )
+    p.add_argument("--bottleneck", type=int, default=8, help="adapter bottleneck = LoRA rank")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--jobs", type=int, default=None, help="runs trained at once (default: CPU cores)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--backbone", default="mosa_vit_fmnist")
+    p.add_argument("--quick", action="store_true", help="3 tasks, 1 seed, 5 epochs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    quick = args.quick
+    tasks = tuple(t for t in (args.tasks or "").split(",") if t) or (
+        QUICK_TASKS if quick else SUITE_TASKS
+    )
+    methods = tuple(m for m in args.methods.split(",") if m)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(
+            f"mosa bench accuracy: unknown method(s) {bad}; choose from {', '.join(METHODS)}"
+        )
+    seeds = (
+        tuple(int(s) for s in args.seeds.split(","))
+        if args.seeds
+        else ((0,) if quick else (0, 1, 2))
+    )
+    epochs = args.epochs or (5 if quick else 10)
+    if args.data_root:
+        data_root = Path(args.data_root)
+        missing = [t for t in tasks if not (data_root / t).is_dir()]
+        if missing:
+            raise SystemExit(
+                f"mosa bench accuracy: task folder(s) not found under {data_root}: {', '.join(missing)}"
+            )
+    else:
+        from mosa.data.prepare import prepare_tasks
+
+        data_root = out / "data"
+        prepare_tasks(data_root, list(tasks), seed=0)
+    protocol = Protocol(
+        tasks=tasks,
+        methods=methods,
+        seeds=seeds,
+        epochs=epochs,
+        warmup_epochs=max(1, epochs // 5),
+        batch_size=args.batch_size,
+        bottleneck=args.bottleneck,
+        lr_grid={m: LR_GRID[m] for m in methods},
+        data_root=str(data_root),
+        backbone=args.backbone,
+    )
+    jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8) // max(args.threads, 1))
+    start = time.perf_counter()
+    records = run_protocol(protocol, out, jobs=jobs, threads=args.threads)
+    written = write_results(records, _protocol_dict(protocol), out, _task_groups(data_root, tasks))
+    print(written["markdown"].read_text())
+    print(
+        f"wrote {written['json']}, {written['markdown']}, {written['plot']} ({time.perf_counter() - start:.0f}s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The accuracy benchmark's protocol: selection on val only, seeds at the chosen lr, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mosa.bench import accuracy
+from mosa.data.prepare import prepare_tasks
+
+WEIGHTS = (
+    Path(accuracy.__file__).parents[1] / "backbones" / "weights" / "mosa_vit_fmnist.safetensors"
+)
+
+
+def _fake_run_one(calls: list[dict[str, Any]]):
+    # val prefers the LARGER lr, test prefers the SMALLER one: a protocol that peeks at test
+    # would pick the other learning rate
+    def run_one(config):
+        lr = config.optim.lr
+        grid = accuracy.LR_GRID[config.method.method]
+        big = lr == max(grid)
+        calls.append({"lr": lr, "seed": config.seed, "method": config.method.method})
+        summary = {
+            "val_acc": 0.8 if big else 0.6,
+            "test_acc": (0.5 if big else 0.9) + 0.01 * config.seed,
+            "params": {"trainable": 123, "total": 1000},
+            "wall_time_s": 1.0,
+        }
+        return "new", summary
+
+    return run_one
+
+
+def _protocol(root: Path, tasks: tuple[str, ...], methods: tuple[str, ...]) -> accuracy.Protocol:
+    return accuracy.Protocol(
+        tasks=tasks,
+        methods=methods,
+        seeds=(0, 1, 2),
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=8,
+        bottleneck=4,
+        lr_grid={m: accuracy.LR_GRID[m] for m in methods},
+        data_root=str(root),
+    )
+
+
+def test_learning_rate_is_chosen_on_val_never_on_test(tmp_path, monkeypatch):
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(accuracy, "run_one", _fake_run_one(calls))
+    protocol = _protocol(tmp_path / "data", ("t1", "t2"), ("adapter", "mosa"))
+    records = accuracy.run_protocol(protocol, tmp_path / "out", jobs=1, log=lambda s: None)
+    # selection: 2 tasks x 2 methods x 2 lrs at seed 0; then 2 more seeds per cell
+    assert len(calls) == 2 * 2 * 2 + 2 * 2 * 2
+    assert len(records) == 2 * 2 * 3
+    for rec in records:
+        assert rec["lr"] == max(accuracy.LR_GRID[rec["method"]])  # the val winner
+        assert rec["val_acc"] == 0.8
+        assert rec["hyperparameters"]["val_by_lr"] == {
+            f"{lr:g}": (0.8 if lr == max(accuracy.LR_GRID[rec["method"]]) else 0.6)
+            for lr in accuracy.LR_GRID[rec["method"]]
+        }
+    seeds_at_small_lr = [
+        c for c in calls if c["seed"] > 0 and c["lr"] != max(accuracy.LR_GRID[c["method"]])
+    ]
+    assert not seeds_at_small_lr
+
+
+def test_summary_means_and_group_means():
+    recs = []
+    for task, _group, accs in (
+        ("a", "natural", (0.5, 0.7)),
+        ("b", "structured", (0.9, 0.9)),
+        ("c", "structured", (0.1, 0.3)),
+    ):
+        for seed, acc in enumerate(accs):
+            recs.append(
+                {"task": task, "method": "mosa", "seed": seed, "lr": 1e-3, "test_acc": acc, "val_acc": acc,
+                 "trainable_params": 10, "wall_s": 2.0}
+            )  # fmt: skip
+    groups = {"a": "natural", "b": "structured", "c": "structured"}
+    table = accuracy.summarise(recs, groups)
+    cell = table["tasks"]["a"]["methods"]["mosa"]
+    assert cell["test_mean"] == pytest.approx(60.0)
+    assert cell["test_std"] == pytest.approx(14.1421356, rel=1e-6)
+    means = table["means"]["mosa"]
+    assert means["task_mean"] == pytest.approx((60 + 90 + 20) / 3)
+    assert means["group_means"] == {
+        "natural": pytest.approx(60.0),
+        "structured": pytest.approx(55.0),
+    }
+    assert means["mean_of_group_means"] == pytest.approx(57.5)
+    md = accuracy.render_markdown(
+        table, {"seeds": [0, 1], "epochs": 1, "bottleneck_and_rank": 4, "backbone": "x"}
+    )
+    assert "| a | natural | 60.0 ± 14.1 |" in md
+    assert "57.5" in md
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped backbone weights not built yet")
+def test_end_to_end_on_prepared_tasks(tmp_path):
+    try:
+        prepare_tasks(tmp_path / "data", ["digits", "fmnist_rot"], seed=0)
+    except FileNotFoundError as e:  # Fashion-MNIST missing
+        pytest.skip(str(e))
+    out = tmp_path / "out"
+    argv = ["--data-root", str(tmp_path / "data"), "--tasks", "digits,fmnist_rot",
+            "--methods", "linear,mosa", "--seeds", "0,1", "--epochs", "1", "--jobs", "1",
+            "--batch-size", "64", "--out", str(out)]  # fmt: skip
+    assert accuracy.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["records"]) == 2 * 2 * 2
+    for rec in res["records"]:
+        for key in ("task", "method", "seed", "test_acc", "val_acc", "trainable_params", "wall_s"):
+            assert rec[key] is not None, key
+        assert 0.0 <= rec["test_acc"] <= 1.0
+    assert (out / "results.md").read_text().startswith("Test top-1")
+    assert (out / "results.png").stat().st_size > 1000
+    # a second invocation finds every run finished and trains nothing
+    assert accuracy.main(argv) == 0
