@@ -330,7 +330,8 @@ def build_tasks(
 ) -> list[TaskData]:
     """One :class:`TaskData` per data config, from ``mosa.data.build_dataset`` or from
     pre-built data sets: a mapping ``{"train": ds, "val": ds or None, "test": ds or None}``
-    (one task) or a list of such mappings (one per data config).
+    (one task) or a list of such mappings (one per data config); an optional ``"train_eval"``
+    entry (the train split without augmentation) is where few-shot validation is drawn from.
 
     Few-shot configs draw their training subset with ``seed`` and write it under ``out``
     (when ``write``, i.e. on rank 0); with ``resume`` the subset is read back from there.

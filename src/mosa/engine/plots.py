@@ -11,7 +11,8 @@ from mosa.checkpoint import atomic_write_bytes
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss (left) and accuracy (right) per epoch from ``metrics.jsonl`` records."""
+    """Loss (left) and accuracy (right) per epoch from ``metrics.jsonl`` records (multi-task
+    runs: the mean val accuracy plus one dotted line per task)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,7 +34,13 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     ax_loss.grid(alpha=0.3)
     ax_acc.plot(epochs, series("train_acc"), marker="o", label="train top-1")
     if any(r.get("val_acc") is not None for r in history):
-        ax_acc.plot(epochs, series("val_acc"), marker="s", label="val top-1")
+        tasks = list(history[-1].get("tasks") or {})
+        label = "val top-1 (mean of tasks)" if len(tasks) > 1 else "val top-1"
+        ax_acc.plot(epochs, series("val_acc"), marker="s", label=label)
+        for name in tasks if len(tasks) > 1 else []:
+            values = [(r.get("tasks") or {}).get(name, {}).get("val_acc") for r in history]
+            ys = [float("nan") if v is None else float(v) for v in values]
+            ax_acc.plot(epochs, ys, linestyle=":", label=f"val {name}")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0.0, 1.0)

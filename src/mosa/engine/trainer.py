@@ -125,7 +125,11 @@ def train(
     ``model``: a timm model to use instead of building ``config.backbone`` (injected with
     ``config.method`` here unless it already is). ``datasets``: pre-built splits instead of
     ``mosa.data.build_dataset``, as ``{"train": ds, "val": ds | None, "test": ds | None}`` or a
-    list of such mappings, one per ``config.data`` entry. ``resume``: continue from
+    list of such mappings, one per ``config.data`` entry. Several ``config.data`` entries make
+    a multi-task run: one adapter, a head per task (``mosa_heads``) or one joint head
+    (``config.joint_head``), a task per step (``config.task_sampling``), per-task and mean
+    accuracies in the summary. ``data.shots`` trains on k images per class, drawn once and
+    kept in ``out/shots_<task>.json`` (a resume reads it back). ``resume``: continue from
     ``config.out/last``. ``on_epoch_end`` is called on every rank with each epoch's metrics
     record, after that epoch's checkpoint was written.
 

@@ -1,0 +1,437 @@
+"""Multi-task training: one backbone and one adapter shared by several tasks, a head per task.
+
+The heads live on the timm model itself, under ``mosa_heads`` (an ``nn.ModuleDict`` keyed by
+task name), so ``mosa.save_adapter`` stores every head with its task name and
+``mosa.load_adapter`` restores them. The timm classifier is reset to ``Identity``; a task's
+logits are ``mosa_heads[task](forward_head(forward_features(x), pre_logits=True))``.
+
+With ``joint_head=True`` there is instead ONE linear head ``mosa_joint_head`` over the union of
+all tasks' classes (task i's classes follow those of tasks 0..i-1, as in the reference code),
+trained with cross-entropy over the whole union on offset labels; ``mosa_heads[task]`` then
+holds a parameter-free :class:`TaskSpan` whose ``span`` buffer (first class, class count) says
+where the task's classes sit, so the checkpoint still names every task.
+
+Which task a training step uses comes from :func:`task_order`, a pure function of the seed and
+the epoch, so a resumed run replays the same schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+HEADS = "mosa_heads"
+JOINT_HEAD = "mosa_joint_head"
+SAMPLING_RULES = ("proportional", "uniform")
+
+
+class TaskSpan(nn.Module):
+    """A task's slice of the joint head: buffer ``span`` = (first class, number of classes)."""
+
+    def __init__(self, offset: int, count: int) -> None:
+        super().__init__()
+        self.offset = int(offset)
+        self.count = int(count)
+        self.register_buffer("span", torch.tensor([self.offset, self.count], dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"offset={self.offset}, count={self.count}"
+
+
+# ----------------------------------------------------------------------------- heads
+def feature_dim(model: nn.Module) -> int:
+    """Width of ``forward_head(..., pre_logits=True)``: timm's ``head_hidden_size`` or
+    ``num_features``."""
+    dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    if not dim:
+        raise TypeError(f"{type(model).__name__} states no feature width (num_features)")
+    return int(dim)
+
+
+def _new_linear(dim: int, n: int, like: torch.Tensor) -> nn.Linear:
+    # timm's ViT head init: truncated normal (std 0.02), zero bias
+    lin = nn.Linear(dim, n)
+    nn.init.trunc_normal_(lin.weight, std=0.02)
+    nn.init.zeros_(lin.bias)
+    return lin.to(device=like.device, dtype=like.dtype)
+
+
+def attach_task_heads(model: nn.Module, classes: Mapping[str, int], joint: bool = False) -> None:
+    """Reset the timm classifier to Identity and add one head per task (or the joint head).
+
+    ``classes`` maps task name -> class count, in task order (the joint head's class order).
+    The new heads are trainable; call this after ``mosa.inject`` (which freezes the backbone).
+    """
+    if hasattr(model, HEADS):
+        raise ValueError(f"the model already has task heads ({', '.join(task_names(model))})")
+    bad = [n for n in classes if not n or "." in n]
+    if bad:
+        raise ValueError(f"task names may not be empty or contain '.': {bad}")
+    if not classes or any(int(k) < 1 for k in classes.values()):
+        raise ValueError(f"every task needs at least one class, got {dict(classes)}")
+    if not hasattr(model, "forward_head") or not hasattr(model, "reset_classifier"):
+        raise TypeError(f"{type(model).__name__} is not a timm classifier (no forward_head)")
+    model.reset_classifier(0)
+    dim = feature_dim(model)
+    like = next(model.parameters())
+    if joint:
+        spans: dict[str, nn.Module] = {}
+        offset = 0
+        for name, k in classes.items():
+            spans[name] = TaskSpan(offset, int(k)).to(like.device)
+            offset += int(k)
+        model.add_module(JOINT_HEAD, _new_linear(dim, offset, like))
+        model.add_module(HEADS, nn.ModuleDict(spans))
+    else:
+        heads = {name: _new_linear(dim, int(k), like) for name, k in classes.items()}
+        model.add_module(HEADS, nn.ModuleDict(heads))
+
+
+def has_task_heads(model: nn.Module) -> bool:
+    return isinstance(getattr(model, HEADS, None), nn.ModuleDict)
+
+
+def head_parameters(model: nn.Module) -> int:
+    """Number of parameters of the task heads (0 without them)."""
+    return sum(
+        p.numel() for n, p in model.named_parameters() if n.split(".")[0] in (HEADS, JOINT_HEAD)
+    )
+
+
+def task_names(model: nn.Module) -> list[str]:
+    """Task names of a model's heads, in head order."""
+    heads = getattr(model, HEADS, None)
+    return list(heads.keys()) if isinstance(heads, nn.ModuleDict) else []
+
+
+def is_joint(model: nn.Module) -> bool:
+    """Whether the model has one joint head over the union of its tasks' classes."""
+    return isinstance(getattr(model, JOINT_HEAD, None), nn.Linear)
+
+
+def _head(model: nn.Module, task: str) -> nn.Module:
+    heads = getattr(model, HEADS, None)
+    if not isinstance(heads, nn.ModuleDict):
+        raise ValueError("this model has no task heads (attach_task_heads was not called)")
+    if task not in heads:
+        hint = difflib.get_close_matches(task, list(heads.keys()), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise KeyError(f"no head for task {task!r}{extra}; tasks: {', '.join(heads.keys())}")
+    return heads[task]
+
+
+def task_classes(model: nn.Module, task: str) -> int:
+    """Number of classes of ``task``."""
+    head = _head(model, task)
+    return head.count if isinstance(head, TaskSpan) else int(head.out_features)
+
+
+def label_offset(model: nn.Module, task: str) -> int:
+    """Where ``task``'s class 0 sits among the joint head's outputs (0 for separate heads)."""
+    head = _head(model, task)
+    return head.offset if isinstance(head, TaskSpan) else 0
+
+
+def task_logits(model: nn.Module, x: torch.Tensor, task: str, union: bool = False) -> torch.Tensor:
+    """Logits of ``task`` for images ``x``: the task's own classes, or with a joint head and
+    ``union=True`` the whole union (then labels need :func:`label_offset` added)."""
+    head = _head(model, task)
+    feats = model.forward_head(model.forward_features(x), pre_logits=True)
+    if isinstance(head, TaskSpan):
+        logits = getattr(model, JOINT_HEAD)(feats)
+        return logits if union else logits[:, head.offset : head.offset + head.count]
+    return head(feats)
+
+
+class TaskModel(nn.Module):
+    """``forward(x, task, union)`` -> :func:`task_logits`: the module DDP wraps in a
+    multi-task run (DDP calls ``forward`` only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, task: str, union: bool = False) -> torch.Tensor:
+        return task_logits(self.model, x, task, union)
+
+
+class TaskView(nn.Module):
+    """A model seen through one task's head: ``forward(x)`` gives that task's logits over its
+    own classes (labels 0..num_classes-1), so ``mosa.engine.evaluate.evaluate`` applies as
+    is. ``model`` is the underlying timm model (merge or save that one). ``task`` is None for
+    a single-task model, whose own timm head is used."""
+
+    def __init__(self, model: nn.Module, task: str | None) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        if task is None:
+            self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+            self.label_offset = 0
+        else:
+            self.num_classes = task_classes(model, task)
+            self.label_offset = label_offset(model, task)
+
+    @property
+    def joint(self) -> bool:
+        return self.task is not None and is_joint(self.model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.task is None:
+            return self.model(x)
+        return task_logits(self.model, x, self.task)
+
+    def union_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Joint head only: logits over every task's classes (targets + ``label_offset``)."""
+        if not self.joint:
+            raise ValueError("union_logits needs a multi-task model with a joint head")
+        return task_logits(self.model, x, str(self.task), union=True)
+
+
+# ----------------------------------------------------------------------------- schedule
+def task_order(steps: Sequence[int], rule: str, seed: int, epoch: int) -> list[int]:
+    """Task index of each step of ``epoch``; ``sum(steps)`` steps in all.
+
+    ``proportional``: task i gets exactly ``steps[i]`` steps (one pass over its loader, so the
+    share of each task is proportional to its size). ``uniform``: every task gets the same
+    number of steps (the remainder going to randomly chosen tasks); small tasks then cycle
+    through their loader several times. Either way the order is a seeded shuffle that depends
+    only on ``seed`` and ``epoch``.
+    """
+    if rule not in SAMPLING_RULES:
+        raise ValueError(f"task sampling must be one of {', '.join(SAMPLING_RULES)}, got {rule!r}")
+    if not steps or any(s < 1 for s in steps):
+        raise ValueError(f"every task needs at least one step per epoch, got {list(steps)}")
+    rng = np.random.default_rng([int(seed) % 2**32, int(epoch), 0x7A5C])
+    n = len(steps)
+    if rule == "proportional":
+        counts = [int(s) for s in steps]
+    else:
+        base, extra = divmod(int(sum(steps)), n)
+        counts = [base] * n
+        for i in rng.choice(n, size=extra, replace=False):
+            counts[int(i)] += 1
+    order = np.repeat(np.arange(n), counts)
+    rng.shuffle(order)
+    return [int(t) for t in order]
+
+
+class TaskStream:
+    """Batches of one task's train loader on demand, restarting the loader when it runs out.
+
+    Pass ``p`` of epoch ``e`` shuffles with sampler epoch ``e + p * 1_000_003`` (pass 0: ``e``,
+    the single-task order) and seeds the loader workers from ``(seed, e, p)``, so every batch
+    is a function of the epoch alone and a resumed run sees the same batches.
+    """
+
+    def __init__(
+        self, loader: DataLoader, sampler: DistributedSampler, gen: torch.Generator, seed: int
+    ) -> None:
+        self.loader, self.sampler, self.gen, self.seed = loader, sampler, gen, int(seed)
+        self.epoch = 0
+        self.passes = 0
+        self._it: Iterator[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def start(self, epoch: int) -> None:
+        """Begin ``epoch``: the next batch is the first of the epoch's shuffle."""
+        self.epoch, self.passes, self._it = int(epoch), 0, None
+
+    def _begin(self) -> None:
+        self.sampler.set_epoch(self.epoch + self.passes * 1_000_003)
+        self.gen.manual_seed(self.seed * 1_000_003 + self.epoch + self.passes * 7_919)
+        self._it = iter(self.loader)
+
+    def next(self) -> Any:
+        if self._it is None:
+            self._begin()
+        try:
+            return next(self._it)  # type: ignore[arg-type]
+        except StopIteration:
+            self.passes += 1
+            self._begin()
+            return next(self._it)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        """Drop the current iterator (shuts down loader workers of an unfinished pass)."""
+        self._it = None
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@dataclass
+class HeadLayout:
+    """The task heads an adapter checkpoint holds: task -> classes (head order) and whether
+    they are slices of one joint head."""
+
+    classes: dict[str, int]
+    joint: bool
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.classes)
+
+
+def _adapter_dir(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """(adapter folder, run folder or None) of an adapter folder or a finished run folder."""
+    from mosa.checkpoint import CONFIG_NAME, CheckpointError
+
+    p = Path(path)
+    if (p / CONFIG_NAME).is_file():
+        return p, (p.parent if (p.parent / "config.json").is_file() else None)
+    if (p / "adapter" / CONFIG_NAME).is_file():
+        return p / "adapter", p
+    raise CheckpointError(
+        f"{p} is neither an adapter folder (with {CONFIG_NAME}) nor a finished run folder "
+        "(with adapter/)"
+    )
+
+
+def read_head_layout(path: str | os.PathLike[str]) -> HeadLayout | None:
+    """The task heads stored in an adapter (folder or run folder); None for a single-task one."""
+    from mosa.checkpoint import WEIGHTS_NAME, CheckpointError
+
+    adapter, _ = _adapter_dir(path)
+    weights = adapter / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found: the checkpoint folder is incomplete")
+    prefix = HEADS + "."
+    spans: dict[str, tuple[int, int]] = {}
+    sizes: dict[str, int] = {}
+    joint = False
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if key.startswith(JOINT_HEAD + "."):
+                    joint = True
+                if not key.startswith(prefix):
+                    continue
+                name, _, leaf = key[len(prefix) :].rpartition(".")
+                if leaf == "span":
+                    span = f.get_tensor(key).tolist()
+                    spans[name] = (int(span[0]), int(span[1]))
+                elif leaf == "weight":
+                    sizes[name] = int(f.get_slice(key).get_shape()[0])
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights} could not be read ({e}); the file is corrupt") from e
+    if joint:
+        ordered = sorted(spans.items(), key=lambda kv: kv[1][0])
+        return HeadLayout({name: count for name, (_, count) in ordered}, True)
+    if not sizes:
+        return None
+    return HeadLayout(sizes, False)
+
+
+def adapter_tasks(path: str | os.PathLike[str]) -> list[str] | None:
+    """Task names of a multi-task adapter (folder or run folder), in the run's task order when
+    its config.json is there; None for a single-task adapter."""
+    layout = read_head_layout(path)
+    if layout is None:
+        return None
+    _, run_dir = _adapter_dir(path)
+    run = _run_config(run_dir)
+    order = [d.label for d in run.data] if run is not None else []
+    return sorted(layout.tasks, key=lambda t: (order.index(t) if t in order else len(order), t))
+
+
+def _run_config(run_dir: Path | None) -> Any:
+    from mosa.engine.config import TrainConfig
+
+    if run_dir is None:
+        return None
+    raw = json.loads((run_dir / "config.json").read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in raw.items() if k in known})
+
+
+def load_for_eval(
+    path: str | os.PathLike[str],
+    task: str | None = None,
+    *,
+    config: Any = None,
+    weights: str | None = None,
+    merge: bool = True,
+    model: nn.Module | None = None,
+) -> TaskView:
+    """Rebuild a trained model from an adapter folder (or a run folder) for evaluation.
+
+    Multi-task adapters are evaluated through one task's head: ``task`` names it (it may be
+    omitted when the adapter has a single head). For a single-task adapter ``task`` may be
+    None or the run's task name. The backbone comes from the adapter's backbone name with the
+    run config's ``weights`` / ``pretrained`` / ``backbone_kwargs`` (``config`` replaces the
+    run config found next to the adapter; ``weights`` replaces its weights file). With
+    ``merge`` (default) MoSA experts are merged and LoRA folded, as deployed. ``model``: a
+    fresh (un-injected) backbone to load into instead of building one. Returns a
+    :class:`TaskView` in eval mode whose ``forward(x)`` gives the task's logits over its own
+    classes; ``.model`` is the underlying timm model.
+    """
+    import mosa
+    from mosa.checkpoint import CheckpointError, load_adapter, read_adapter_config
+    from mosa.config import MethodConfig
+    from mosa.engine.config import TrainConfig
+    from mosa.engine.trainer import build_backbone
+
+    adapter, run_dir = _adapter_dir(path)
+    meta = read_adapter_config(adapter)
+    run = config if config is not None else _run_config(run_dir)
+    layout = read_head_layout(adapter)
+    backbone = meta.get("backbone") or (run.backbone if run is not None else None)
+    if not backbone:
+        raise CheckpointError(f"{adapter}: adapter_config.json names no backbone")
+    base = run if run is not None else TrainConfig(backbone=backbone)
+    bcfg = dataclasses.replace(base, backbone=backbone)
+    if weights is not None:
+        bcfg = dataclasses.replace(bcfg, weights=weights, pretrained=True)
+    if layout is None:
+        labels = [d.label for d in run.data] if run is not None else []
+        if task is not None and labels and task not in labels:
+            raise CheckpointError(
+                f"{adapter} is a single-task adapter trained on {labels[0]!r}, not {task!r}"
+            )
+        classes = meta.get("num_classes")
+        if not isinstance(classes, int) or classes < 1:
+            raise CheckpointError(f"{adapter}: num_classes={classes!r} in adapter_config.json")
+        if model is None:
+            model = build_backbone(bcfg, classes)
+        load_adapter(model, adapter)
+        view = TaskView(model, None)
+    else:
+        if task is None:
+            if len(layout.tasks) != 1:
+                raise CheckpointError(
+                    f"{adapter} holds heads for {len(layout.tasks)} tasks "
+                    f"({', '.join(layout.tasks)}): choose one with task=..."
+                )
+            task = layout.tasks[0]
+        if task not in layout.classes:
+            hint = difflib.get_close_matches(task, layout.tasks, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise CheckpointError(
+                f"{adapter} has no head for task {task!r}{extra}; tasks: {', '.join(layout.tasks)}"
+            )
+        # build with a real class count (a local weights file's head is then dropped as in
+        # single-task runs), then replace the classifier by the task heads
+        if model is None:
+            model = build_backbone(bcfg, next(iter(layout.classes.values())))
+        elif has_task_heads(model) or getattr(model, "mosa_config", None) is not None:
+            raise ValueError("load_for_eval needs a fresh backbone (no mosa method, no heads)")
+        mosa.inject(model, MethodConfig.from_dict(meta["method"]))
+        attach_task_heads(model, layout.classes, layout.joint)
+        load_adapter(model, adapter)
+        view = TaskView(model, task)
+    if merge and not getattr(view.model, "mosa_merged", False):
+        mosa.merge(view.model)
+    return view.eval()
