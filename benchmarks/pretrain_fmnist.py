@@ -58,7 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--crop-pad", type=int, default=4)
+    # Measured: after one epoch, val 67.0% with 4-pixel crops vs 77.0% without; a 10-epoch run
+    # with 4-pixel crops still underfits (86.1% test), so the crop jitter is kept to 1 pixel.
+    p.add_argument("--crop-pad", type=int, default=1)
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -124,6 +126,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; package data must be world-readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -138,6 +141,7 @@ def atomic_save_safetensors(
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -258,8 +262,8 @@ def main() -> int:
         "correct": sub_correct,
         "accuracy": sub_correct / SUBSET,
         "predictions": "".join(str(int(p)) for p in sub_pred),
-        "full_test_accuracy": test_acc,
-        "val_accuracy": val_acc,
+        "full_test_accuracy": round(test_acc, 4),
+        "val_accuracy": round(val_acc, 4),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "threads": args.threads,
@@ -274,6 +278,19 @@ def main() -> int:
     atomic_write_bytes(args.out_dir / f"{NAME}.md", card.encode())
     print(f"wrote {weights_path} ({size_kb:.0f} KiB); subset {sub_correct}/{SUBSET}", flush=True)
     return 0
+
+
+def _without_out_dir(argv: list[str]) -> list[str]:
+    """The command line minus --out-dir, which changes where files go, not what they hold."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out-dir":
+            skip = True
+        elif not a.startswith("--out-dir="):
+            out.append(a)
+    return out
 
 
 def model_card(
@@ -292,7 +309,7 @@ def model_card(
         f"| {h['epoch']} | {h['loss']:.4f} | {100 * h['val_acc']:.2f} | {h['epoch_s']:.0f} |"
         for h in history
     )
-    cmd_args = " ".join(a for a in sys.argv[1:])
+    cmd_args = " ".join(_without_out_dir(sys.argv[1:]))
     return f"""# mosa_vit_fmnist
 
 A small Vision Transformer pretrained from scratch on Fashion-MNIST by the mosa project, shipped

@@ -59,8 +59,8 @@ def gray_to_model_input(images: np.ndarray | torch.Tensor, size: int = 32) -> to
     This is the exact preprocessing the checkpoint was pretrained and evaluated with.
     """
     x = images if torch.is_tensor(images) else torch.tensor(np.asarray(images))
-    if x.ndim != 3:
-        raise ValueError(f"expected grey images [N, H, W], got shape {tuple(x.shape)}")
+    if x.ndim != 3 or x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 grey images [N, H, W], got {x.dtype} {tuple(x.shape)}")
     x = x.to(torch.float32).unsqueeze(1) / 255.0
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -227,7 +227,8 @@ def load_backbone(
 
     - ``weights=None``: ``timm.create_model(name, pretrained=pretrained, ...)``; hub names need
       the network, ``mosa_vit_fmnist`` and timm's ``local-dir:`` names do not.
-    - ``weights=<file>``: the architecture ``name_or_path`` with random init, then the file:
+    - ``weights=<file>`` (``pretrained`` is then ignored): the architecture ``name_or_path``
+      with random init, then the file:
       ``.safetensors``, ``.pth/.pt/.bin/.ckpt`` (``torch.load(weights_only=True)``) or a
       JAX/Flax ``.npz`` through timm's own loader (models with ``load_pretrained``, e.g. ViTs).
       Every key must match; only a head of another size is re-initialised, as in timm.
@@ -250,8 +251,8 @@ def load_backbone(
                 f"could not fetch pretrained weights for {name_or_path!r} ({e}); offline, pass a "
                 "local file with weights=... or use pretrained=False"
             ) from e
-    if not pretrained:
-        raise ValueError("weights=... given with pretrained=False; drop one of the two")
+    # An explicit file is the pretrained source, whatever ``pretrained`` says (configs often
+    # carry pretrained=False next to a weights path).
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
