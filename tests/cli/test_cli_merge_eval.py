@@ -1,0 +1,99 @@
+"""``mosa merge`` and ``mosa eval`` on a real (tiny) ViT: outputs must match the trained model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+import mosa
+from mosa.backbones.zoo import load_backbone
+from mosa.cli.main import main
+
+NUM_CLASSES = 10
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    """Random-init mosa_vit_fmnist weights in a file: stands in for a pretrained checkpoint."""
+    torch.manual_seed(0)
+    model = timm.create_model("mosa_vit_fmnist", pretrained=False, num_classes=NUM_CLASSES)
+    path = tmp_path_factory.mktemp("weights") / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def trained_adapter(backbone_file, tmp_path, method):
+    """A model with ``method`` injected and non-trivial (random) trained values, saved."""
+    model = load_backbone("mosa_vit_fmnist", num_classes=NUM_CLASSES, weights=backbone_file)
+    cfg = mosa.MethodConfig(method=method, rank=4, bottleneck=8, num_experts=2)
+    mosa.inject(model, cfg)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    adapter = tmp_path / "adapter"
+    mosa.save_adapter(model, adapter)
+    return model.eval(), adapter
+
+
+@pytest.mark.parametrize("method", ["lora", "mosa_lora"])
+def test_merge_writes_a_plain_timm_state_dict(backbone_file, tmp_path, method, capsys):
+    model, adapter = trained_adapter(backbone_file, tmp_path, method)
+    out = tmp_path / "merged"
+    assert main(["merge", str(adapter), "--out", str(out), "--weights", str(backbone_file)]) == 0
+    plain = timm.create_model("mosa_vit_fmnist", pretrained=False, num_classes=NUM_CLASSES)
+    plain.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(x)
+        got = plain.eval()(x)
+    assert not torch.allclose(want, timm_base(backbone_file)(x), atol=1e-4)  # LoRA did something
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert mosa.read_adapter_config(out)["merged"] is True
+    assert json.loads((out / "model_config.json").read_text())["num_classes"] == NUM_CLASSES
+    assert "plain timm weights" in capsys.readouterr().out
+
+
+def timm_base(path):
+    model = load_backbone("mosa_vit_fmnist", num_classes=NUM_CLASSES, weights=path)
+    return model.eval().requires_grad_(False)
+
+
+def test_merge_of_mosa_adapter_keeps_an_adapter_folder(backbone_file, tmp_path):
+    model, adapter = trained_adapter(backbone_file, tmp_path, "mosa")
+    out = tmp_path / "merged"
+    assert main(["merge", str(adapter), "--out", str(out), "--weights", str(backbone_file)]) == 0
+    assert not (out / "model.safetensors").exists()
+    reloaded = mosa.load_adapter(timm_base(backbone_file), out).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_eval_reports_the_merged_models_top1(backbone_file, tmp_path, capsys):
+    prepare = pytest.importorskip("mosa.data.prepare")
+    from mosa.data import build_dataset
+
+    root = tmp_path / "data"
+    prepare.prepare_tasks(root, ["digits"], seed=0, limit=24)
+    model, adapter = trained_adapter(backbone_file, tmp_path, "mosa")
+    ds = build_dataset("vtab", root, "digits", "test", img_size=32, mean=(0.5,) * 3,
+                       std=(0.5,) * 3, train=False, cache=False)  # fmt: skip
+    with torch.no_grad():
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+        y = torch.tensor(ds.targets)
+        want = (model(x).argmax(-1) == y).float().mean().item()
+    out = tmp_path / "eval.json"
+    rc = main(["eval", str(adapter), "--data", f"vtab:{root}:digits:test",
+               "--weights", str(backbone_file), "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == len(ds) == 24
+    assert res["top1"] == pytest.approx(want)
+    assert res["merged"] is True and res["method"] == "mosa"
+    assert f"top-1 {100 * want:.2f}%" in capsys.readouterr().out
