@@ -32,12 +32,12 @@ from mosa.engine.sweep import SweepRun, plan_sweep, run_one
 METHODS = ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
 # Learning-rate grids per method, searched on val with seed 0 (AdamW, warm-up + cosine).
 LR_GRID: dict[str, tuple[float, ...]] = {
-    "linear": (3e-3, 1e-2),
-    "full": (1e-4, 3e-4),
-    "adapter": (2e-3, 5e-3),
-    "lora": (2e-3, 5e-3),
-    "mosa": (2e-3, 5e-3),
-    "mosa_lora": (2e-3, 5e-3),
+    "linear": (1e-2, 3e-2),
+    "full": (3e-4, 1e-3),
+    "adapter": (5e-3, 1e-2),
+    "lora": (5e-3, 1e-2),
+    "mosa": (5e-3, 1e-2),
+    "mosa_lora": (5e-3, 1e-2),
 }
 SUITE_TASKS = (
     "digits",
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)"
     )
     p.add_argument(
-        "--epochs", type=int, default=None, help="training epochs (default 10; --quick: 5)"
+        "--epochs", type=int, default=None, help="training epochs (default 8; --quick: 5)"
     )
     p.add_argument("--bottleneck", type=int, default=8, help="adapter bottleneck = LoRA rank")
     p.add_argument("--batch-size", type=int, default=64)
@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.seeds
         else ((0,) if quick else (0, 1, 2))
     )
-    epochs = args.epochs or (5 if quick else 10)
+    epochs = args.epochs or (5 if quick else 8)
     if args.data_root:
         data_root = Path(args.data_root)
         missing = [t for t in tasks if not (data_root / t).is_dir()]
