@@ -171,8 +171,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mosa.cli.runs import CliError, build_model, find_checkpoint
+    from mosa.cli.runs import (
+        CliError,
+        build_model,
+        build_task_view,
+        check_single_task,
+        check_task,
+        find_checkpoint,
+    )
     from mosa.engine.config import DataConfig
+    from mosa.engine.multitask import TaskView, adapter_tasks
     from mosa.recipes import load_config
 
     ckpt = find_checkpoint(args.path)
@@ -180,24 +188,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.overrides and not args.config:
         raise CliError("key=value overrides need --config (they change that config)")
     run = cfg or ckpt.run_config
+    tasks = adapter_tasks(ckpt.adapter_dir)  # None: a single-task adapter
+    if args.task is not None:
+        if tasks is not None:
+            check_task(args.task, tasks, ckpt.adapter_dir)
+        else:
+            check_single_task(ckpt, args.task)
+    by_head = tasks is not None or args.task is not None  # rebuilt through a task's head
+    heads: list[str | None]
     if args.data:
         kind, root, task, split = _parse_data_spec(args.data)
-        base = run.data[0] if run is not None else DataConfig()
+        head = args.task
+        if head is None and tasks is not None:
+            if len(tasks) != 1:
+                raise CliError(
+                    f"{ckpt.adapter_dir} has a head for each of {len(tasks)} tasks "
+                    f"({', '.join(tasks)}): say which one to evaluate --data with, "
+                    f"e.g. --task {tasks[0]}"
+                )
+            head = tasks[0]
+        base = _run_data(run, head, required=False) if run is not None else DataConfig()
         # keep the run's preprocessing (size, normalisation), change where the images come from
         datas = [dataclasses.replace(base, kind=kind, root=root, task=task, name=None)]
         splits = [split or args.split]
+        heads = [head]
     elif run is not None:
-        datas = list(run.data)
+        if by_head:
+            heads = [args.task] if args.task is not None else list(tasks or [])
+            datas = [_run_data(run, h, required=True) for h in heads]
+        else:
+            datas = list(run.data)
+            heads = [None] * len(datas)
         splits = [args.split] * len(datas)
     else:
         raise CliError(
             f"{args.path} has no run config next to it: say what to evaluate on with "
             "--data KIND:ROOT:TASK[:SPLIT] or --config"
         )
-    model = build_model(ckpt, weights=args.weights, config=cfg)
-    import mosa
+    views: dict[str | None, TaskView] = {}
+    if by_head:
+        # one rebuild: every head sits on the same merged model
+        first = build_task_view(ckpt, heads[0], weights=args.weights, config=cfg)
+        model = first.model
+        for h in heads:
+            views[h] = first if h == heads[0] else TaskView(model, h).eval()
+    else:
+        model = build_model(ckpt, weights=args.weights, config=cfg)
+        import mosa
 
-    mosa.merge(model)  # evaluate the deployable model: one dense adapter / folded LoRA
+        mosa.merge(model)  # evaluate the deployable model: one dense adapter / folded LoRA
     from mosa.engine.data import resolve_data_configs, resolve_input
     from mosa.engine.distributed import DistInfo, resolve_device
     from mosa.engine.evaluate import evaluate
@@ -214,7 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mosa.engine.data import dataset_num_classes, eval_loader
 
     results = []
-    for d, split in zip(datas, splits, strict=True):
+    for d, split, head in zip(datas, splits, heads, strict=True):
         if split is None:
             raise CliError(f"{d.label}: no split to evaluate; pass --split")
         ds = build_dataset(
@@ -228,28 +267,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
             train=False,
             cache=False,
         )
-        k = ckpt.meta.get("num_classes")
+        view = views.get(head)
+        k = view.num_classes if view is not None else ckpt.meta.get("num_classes")
         if isinstance(k, int) and dataset_num_classes(ds) > k:
+            whose = f"task {head!r}'s head" if head is not None else "the adapter's head"
             raise CliError(
-                f"{d.kind}:{d.task}:{split} has {dataset_num_classes(ds)} classes but the "
-                f"adapter's head has {k}: evaluate it on the task it was trained for"
+                f"{d.kind}:{d.task}:{split} has {dataset_num_classes(ds)} classes but "
+                f"{whose} has {k}: evaluate it on the task it was trained for"
             )
         loader = eval_loader(ds, args.batch_size, info, num_workers=0)
         with torch.inference_mode():
-            r = evaluate(model, loader, info)
-        entry = {
-            "data": f"{d.kind}:{d.root}:{d.task}:{split}",
-            "top1": r["acc"],
-            "n": r["n"],
-            "loss": r["loss"],
-            "adapter": str(ckpt.adapter_dir),
-            "method": ckpt.meta.get("method", {}).get("method"),
-            "backbone": ckpt.meta.get("backbone"),
-            "merged": True,
-        }
+            r = evaluate(view if view is not None else model, loader, info)
+        entry: dict[str, Any] = {}
+        if head is not None:
+            entry["task"] = head
+        entry.update(
+            {
+                "data": f"{d.kind}:{d.root}:{d.task}:{split}",
+                "top1": r["acc"],
+                "n": r["n"],
+                "loss": r["loss"],
+                "adapter": str(ckpt.adapter_dir),
+                "method": ckpt.meta.get("method", {}).get("method"),
+                "backbone": ckpt.meta.get("backbone"),
+                "merged": True,
+            }
+        )
         results.append(entry)
+        task_note = f"task {head}: " if head is not None else ""
         print(
-            f"top-1 {100 * r['acc']:.2f}% ({r['n']} images) on {entry['data']} "
+            f"{task_note}top-1 {100 * r['acc']:.2f}% ({r['n']} images) on {entry['data']} "
             f"[{entry['method']} on {entry['backbone']}, merged]"
         )
     if args.out:
@@ -258,6 +305,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.out), results[0] if len(results) == 1 else results)
         print(f"mosa: written {args.out}", file=sys.stderr)
     return 0
+
+
+def _run_data(run: Any, head: str | None, *, required: bool) -> Any:
+    """The data config of ``run`` whose label is ``head`` (the first one when ``head`` is None,
+    or when it has none and a stand-in is enough: ``required=False``)."""
+    from mosa.cli.runs import CliError
+
+    for d in run.data:
+        if head is None or d.label == head:
+            return d
+    if not required:
+        return run.data[0]
+    labels = ", ".join(d.label for d in run.data)
+    raise CliError(
+        f"the run config has no data set labelled {head!r} (it has {labels}): say what to "
+        "evaluate that head on with --data KIND:ROOT:TASK[:SPLIT]"
+    )
 
 
 def _stub_config(ckpt: Any) -> Any:
@@ -269,13 +333,20 @@ def _stub_config(ckpt: Any) -> Any:
 def cmd_merge(args: argparse.Namespace) -> int:
     import mosa
     from mosa.checkpoint import atomic_save_safetensors, atomic_write_json
-    from mosa.cli.runs import CliError, build_model, find_checkpoint
+    from mosa.cli.runs import CliError, build_model, check_single_task, find_checkpoint
     from mosa.model import PREFIX
 
     ckpt = find_checkpoint(args.path)
     out = Path(args.out)
     if out.resolve() == ckpt.adapter_dir.resolve():
         raise CliError("--out must differ from the adapter folder (merging is not in place)")
+    from mosa.engine.multitask import adapter_tasks
+
+    tasks = adapter_tasks(ckpt.adapter_dir)
+    if tasks is not None:
+        return _merge_multitask(args, ckpt, tasks, out)
+    if args.task is not None:
+        check_single_task(ckpt, args.task)
     model = build_model(ckpt, weights=args.weights)
     mosa.merge(model)
     mosa.save_adapter(model, out)
@@ -303,6 +374,87 @@ def cmd_merge(args: argparse.Namespace) -> int:
     )
     print(
         f"mosa: plain timm weights written to {out / 'model.safetensors'}: "
+        f"timm.create_model({backbone!r}, num_classes={classes}).load_state_dict("
+        "safetensors.torch.load_file(...))"
+    )
+    return 0
+
+
+def _merge_multitask(args: argparse.Namespace, ckpt: Any, tasks: list[str], out: Path) -> int:
+    """Merge a multi-task adapter: the adapter folder keeps every task head; a plain timm
+    state_dict (one head) is written only for the task named by --task."""
+    import mosa
+    from mosa.checkpoint import atomic_save_safetensors, atomic_write_json
+    from mosa.cli.runs import build_task_view, check_task
+    from mosa.engine.multitask import HEADS, JOINT_HEAD
+    from mosa.model import PREFIX, head_module_name
+
+    if args.task is not None:
+        check_task(args.task, tasks, ckpt.adapter_dir)
+    view = build_task_view(ckpt, args.task or tasks[0], weights=args.weights)  # merged
+    model = view.model
+    mosa.save_adapter(model, out)
+    method = ckpt.meta.get("method", {}).get("method")
+    print(
+        f"mosa: merged {method} adapter with heads for {len(tasks)} task(s) "
+        f"({', '.join(tasks)}) written to {out}"
+    )
+    load_hint = f"mosa.engine.load_for_eval(DIR, {tasks[0]!r})"
+    state = model.state_dict()
+    heads = (HEADS, JOINT_HEAD)
+    leftover = [
+        k
+        for k in state
+        if k.split(".")[0] not in heads and any(p.startswith(PREFIX) for p in k.split("."))
+    ]
+    if leftover:  # adapter / mosa: the adapter stays a separate module by design
+        print(f"mosa: {method} keeps its adapter modules after merging; load it with {load_hint}")
+        return 0
+    if args.task is None:
+        print(
+            "mosa: model.safetensors not written: a plain timm model has one classifier and "
+            f"this adapter has {len(tasks)} task heads; pass --task NAME to export one task's "
+            f"model (load the merged adapter with {load_hint})"
+        )
+        return 0
+    head = head_module_name(model)
+    if not head:
+        print(
+            f"mosa: model.safetensors not written: {type(model).__name__} has no timm "
+            f"classifier to hold task {args.task!r}'s head; load the merged adapter with "
+            f"{load_hint}"
+        )
+        return 0
+    # linear / full / lora / mosa_lora: nothing of mosa is left but the task heads; the
+    # chosen task's head (its rows of a joint head) becomes the timm classifier
+    linear = getattr(model, JOINT_HEAD) if view.joint else getattr(model, HEADS)[args.task]
+    rows = slice(view.label_offset, view.label_offset + view.num_classes)
+    plain = {k: v for k, v in state.items() if k.split(".")[0] not in heads}
+    plain[f"{head}.weight"] = linear.weight.detach()[rows].clone()
+    plain[f"{head}.bias"] = linear.bias.detach()[rows].clone()
+    backbone = ckpt.meta.get("backbone")
+    classes = view.num_classes
+    atomic_save_safetensors(
+        plain,
+        out / "model.safetensors",
+        metadata={
+            "format": "pt",
+            "backbone": str(backbone),
+            "num_classes": str(classes),
+            "task": args.task,
+        },
+    )
+    atomic_write_json(
+        out / "model_config.json",
+        {
+            "backbone": backbone,
+            "num_classes": classes,
+            "task": args.task,
+            "source": str(ckpt.adapter_dir),
+        },
+    )
+    print(
+        f"mosa: plain timm weights of task {args.task!r} written to {out / 'model.safetensors'}: "
         f"timm.create_model({backbone!r}, num_classes={classes}).load_state_dict("
         "safetensors.torch.load_file(...))"
     )
@@ -574,12 +726,19 @@ def build_parser() -> argparse.ArgumentParser:
         Rebuild the backbone named in adapter_config.json, load the adapter, merge it and
         report top-1 on a split. PATH is a run folder or an adapter folder. The data comes from
         --data, from --config (with overrides), or from the run's own config.json.
+
+        A multi-task adapter (one head per task) is evaluated through a task's head: --task
+        NAME picks one, without it every task is evaluated on the run's data set of that
+        name. --data on a multi-task adapter needs --task (unless it has a single head).
         """,
         [
             "mosa eval runs/default/mosa",
             "mosa eval runs/default/mosa --split val200",
             "mosa eval runs/x/adapter --data vtab:data/vtab:digits:test --out eval.json",
             "mosa eval runs/x --config vtab/dtd data.root=/data/vtab-1k",
+            "mosa eval runs/multitask",
+            "mosa eval runs/multitask --task digits",
+            "mosa eval runs/multitask --task digits --data vtab:data/vtab:digits:val200",
         ],
         common,
     )
@@ -588,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", metavar="KIND:ROOT:TASK[:SPLIT]", help="data set to evaluate on")
     s.add_argument("--config", "-c", action="append", metavar="FILE|RECIPE")
     s.add_argument("--split", default="test", help="split name (default test)")
+    s.add_argument("--task", metavar="NAME", help="multi-task adapter: the head to evaluate")
     s.add_argument("--weights", help="local backbone weights file (.safetensors/.npz/.pth)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", help="auto, cpu, cuda ...")
@@ -604,15 +764,27 @@ def build_parser() -> argparse.ArgumentParser:
         the backbone's weights) and write the merged adapter folder. When nothing of mosa is
         left (linear, full, lora, mosa_lora) it also writes model.safetensors, a plain timm
         state_dict for timm.create_model(<backbone>, num_classes=K).
+
+        A multi-task adapter's merged folder keeps every task head (load it with
+        mosa.engine.load_for_eval(DIR, TASK), or 'mosa eval DIR --task TASK'). A plain timm
+        model has one classifier, so there model.safetensors (for the methods above) is
+        written only with --task NAME: that task's head becomes the timm head.
         """,
         [
             "mosa merge runs/default/mosa --out runs/default/mosa/merged",
             "mosa merge runs/x/adapter --out deploy/ --weights ViT-B_16.npz",
+            "mosa merge runs/multitask --out runs/multitask/merged",
+            "mosa merge runs/multitask_lora --task digits --out deploy/digits",
         ],
         common,
     )
     s.add_argument("path", metavar="RUN_DIR|ADAPTER_DIR")
     s.add_argument("--out", "-o", required=True, help="folder for the merged adapter")
+    s.add_argument(
+        "--task",
+        metavar="NAME",
+        help="multi-task adapter: also export this task's model as model.safetensors",
+    )
     s.add_argument("--weights", help="local backbone weights file (.safetensors/.npz/.pth)")
     s.set_defaults(func=cmd_merge)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -15,7 +16,19 @@ from mosa.checkpoint import CONFIG_NAME, CheckpointError, load_adapter, read_ada
 from mosa.config import ConfigError
 from mosa.engine.config import TrainConfig
 
-__all__ = ["CliError", "Checkpoint", "build_model", "find_checkpoint", "read_run_config"]
+if TYPE_CHECKING:
+    from mosa.engine.multitask import TaskView
+
+__all__ = [
+    "CliError",
+    "Checkpoint",
+    "build_model",
+    "build_task_view",
+    "check_single_task",
+    "check_task",
+    "find_checkpoint",
+    "read_run_config",
+]
 
 
 class CliError(ValueError):
@@ -108,12 +121,60 @@ def build_model(
     except RuntimeError as e:  # no network, weights that do not fit: say so in one line
         raise CheckpointError(f"cannot build backbone {name!r}: {e}") from e
     if not pre:
-        # without the backbone's weights an adapter is meaningless; make that visible
-        print(
-            f"mosa: warning: backbone {name!r} built with random weights (pretrained=False): "
-            "results match the trained run only if it used the same random backbone; pass the "
-            "backbone's weights with --weights",
-            file=sys.stderr,
-        )
+        _warn_random_backbone(name)
     load_adapter(model, ckpt.adapter_dir)
     return model
+
+
+def _warn_random_backbone(name: str) -> None:
+    # without the backbone's weights an adapter is meaningless; make that visible
+    print(
+        f"mosa: warning: backbone {name!r} built with random weights (pretrained=False): "
+        "results match the trained run only if it used the same random backbone; pass the "
+        "backbone's weights with --weights",
+        file=sys.stderr,
+    )
+
+
+def check_task(task: str, tasks: list[str], where: Path) -> None:
+    """A CliError naming the heads (and the closest one) unless ``task`` is one of ``tasks``."""
+    if task in tasks:
+        return
+    hint = difflib.get_close_matches(task, tasks, n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise CliError(f"{where} has no head for task {task!r}{extra}; tasks: {', '.join(tasks)}")
+
+
+def check_single_task(ckpt: Checkpoint, task: str) -> None:
+    """A CliError unless ``task`` is what the single-task adapter was trained on (accepted
+    when no run config says)."""
+    labels = [d.label for d in ckpt.run_config.data] if ckpt.run_config else []
+    if labels and task != labels[0]:
+        raise CliError(
+            f"{ckpt.adapter_dir} is a single-task adapter trained on {labels[0]!r}, not "
+            f"{task!r}: drop --task"
+        )
+
+
+def build_task_view(
+    ckpt: Checkpoint,
+    task: str | None,
+    *,
+    weights: str | None = None,
+    config: TrainConfig | None = None,
+) -> TaskView:
+    """The checkpoint rebuilt and merged through ``mosa.engine.load_for_eval``, seen through
+    ``task``'s head (multi-task adapters; ``view.model`` holds every head).
+
+    Backbone weights come from the same places as in :func:`build_model`.
+    """
+    from mosa.engine.multitask import load_for_eval
+
+    run = config or ckpt.run_config
+    name = ckpt.meta.get("backbone") or (run.backbone if run else None)
+    if weights is None and run is not None and not run.weights and not run.pretrained:
+        _warn_random_backbone(str(name))
+    try:
+        return load_for_eval(ckpt.adapter_dir, task, config=run, weights=weights)
+    except RuntimeError as e:  # no network, weights that do not fit: say so in one line
+        raise CheckpointError(f"cannot build backbone {name!r}: {e}") from e
