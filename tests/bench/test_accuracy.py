@@ -104,16 +104,16 @@ def test_summary_means_and_group_means():
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped backbone weights not built yet")
 def test_end_to_end_on_prepared_tasks(tmp_path):
     try:
-        prepare_tasks(tmp_path / "data", ["digits", "fmnist_rot"], seed=0)
+        prepare_tasks(tmp_path / "data", ["digits"], seed=0)
     except FileNotFoundError as e:  # Fashion-MNIST missing
         pytest.skip(str(e))
     out = tmp_path / "out"
-    argv = ["--data-root", str(tmp_path / "data"), "--tasks", "digits,fmnist_rot",
+    argv = ["--data-root", str(tmp_path / "data"), "--tasks", "digits",
             "--methods", "linear,mosa", "--seeds", "0,1", "--epochs", "1", "--jobs", "1",
             "--batch-size", "64", "--out", str(out)]  # fmt: skip
     assert accuracy.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    assert len(res["records"]) == 2 * 2 * 2
+    assert len(res["records"]) == 1 * 2 * 2
     for rec in res["records"]:
         for key in ("task", "method", "seed", "test_acc", "val_acc", "trainable_params", "wall_s"):
             assert rec[key] is not None, key
