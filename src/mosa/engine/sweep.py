@@ -23,7 +23,7 @@ from typing import Any
 
 from mosa.checkpoint import atomic_write_json
 from mosa.config import ConfigError
-from mosa.engine.config import TrainConfig
+from mosa.engine.config import TrainConfig, flatten_config
 from mosa.recipes import RECIPES_DIR, load_config, resolve_recipe
 
 __all__ = [
@@ -204,20 +204,6 @@ def run_status(run_dir: str | Path) -> str:
     return "new"
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}{i}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def config_differences(run_dir: str | Path, config: TrainConfig) -> list[str]:
     """Dotted fields whose values differ between ``run_dir/config.json`` and ``config``
     (empty when there is no readable config.json).
@@ -229,10 +215,10 @@ def config_differences(run_dir: str | Path, config: TrainConfig) -> list[str]:
     if not path.is_file():
         return []
     try:
-        saved = _flatten(json.loads(path.read_text()))
+        saved = flatten_config(json.loads(path.read_text()))
     except ValueError:
         return []  # unreadable: the engine's own resume checks decide
-    mine = _flatten(json.loads(json.dumps(config.to_dict())))  # tuples -> lists, as saved
+    mine = flatten_config(json.loads(json.dumps(config.to_dict())))  # tuples -> lists, as saved
     diff = []
     for k in sorted(set(saved) | set(mine)):
         if k.split(".")[0] in _IGNORED_FIELDS:
