@@ -48,6 +48,7 @@ TRAIN_VARIANTS: dict[str, str] = {
     "adapter": "AdaptFormer parallel adapter",
     "mosa": "MoSA adapter (one tensor + owner index), consistency off",
     "mosa_consistency": "MoSA, 2 forward passes + symmetric KL, CE on the first",
+    "mosa_sparse_adamw": "MoSA with the engine's default optimizer (expert-local AdamW)",
     "lora": "LoRA on q and v",
     "mosa_lora": "MoSA-LoRA on q and v",
     "mosa_reference": "reference-style MoSA: N expert copies + merge copy, grads masked",
@@ -181,6 +182,7 @@ class Variant:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     consistency: bool = False
+    tracker: Any = None  # engine ExpertTracker feeding SparseAdamW its expert masks
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -194,6 +196,8 @@ def train_step(
 ) -> None:
     """One training step: forward (twice with consistency), loss, backward, AdamW step."""
     v.optimizer.zero_grad(set_to_none=True)
+    if v.tracker is not None:
+        v.tracker.reset()
     with _autocast(device, dtype):
         logits = v.model(x)
         logits2 = v.model(x) if v.consistency else None
@@ -201,6 +205,8 @@ def train_step(
     if logits2 is not None:
         loss = loss + symmetric_kl(logits, logits2)
     loss.backward()
+    if v.tracker is not None:
+        v.optimizer.set_active(v.tracker.masks())
     v.optimizer.step()
 
 
@@ -472,9 +478,15 @@ def _build_variant(
             seed=method["seed"],
         )
     else:
-        m = "mosa" if name == "mosa_consistency" else name
+        m = "mosa" if name in ("mosa_consistency", "mosa_sparse_adamw") else name
         mosa.inject(model, mosa.MethodConfig(method=m, **method))
     model.to(device).train()
+    if name == "mosa_sparse_adamw":
+        from mosa.engine.config import OptimConfig
+        from mosa.engine.optim import ExpertTracker, build_optimizer
+
+        opt = build_optimizer(model, OptimConfig(lr=LR, weight_decay=WEIGHT_DECAY))
+        return Variant(name, model, opt, tracker=ExpertTracker(model))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     return Variant(name, model, opt, consistency=name == "mosa_consistency")
@@ -817,6 +829,8 @@ def _other_ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "mosa_lora_step_vs_lora": r("mosa_lora", "lora", "train_step_s"),
         "mosa_lora_mem_vs_lora": r("mosa_lora", "lora", "peak_mem_bytes"),
         "mosa_step_vs_reference": r("mosa", "mosa_reference", "train_step_s"),
+        "mosa_sparse_adamw_step_vs_adapter": r("mosa_sparse_adamw", "adapter", "train_step_s"),
+        "mosa_sparse_adamw_mem_vs_adapter": r("mosa_sparse_adamw", "adapter", "peak_mem_bytes"),
         "mosa_mem_vs_reference": r("mosa", "mosa_reference", "peak_mem_bytes"),
         "adapter_infer_vs_backbone": r("linear", "adapter", "infer_img_s"),
         "lora_merged_infer_vs_backbone": r("linear", "lora", "infer_img_s"),
