@@ -355,7 +355,11 @@ def model_card(
     sub_correct: int,
     resumes: int,
 ) -> str:
-    arch = ",\n    ".join(f"{k}={v!r}" for k, v in MOSA_VIT_FMNIST_ARGS.items())
+    # Double-quoted strings, so the card's code block is what ruff format would write.
+    arch = ",\n    ".join(
+        f'{k}="{v}"' if isinstance(v, str) else f"{k}={v!r}"
+        for k, v in MOSA_VIT_FMNIST_ARGS.items()
+    )
     rows = "\n".join(
         f"| {h['epoch']} | {h['loss']:.4f} | {100 * h['val_acc']:.2f} | {h['epoch_s']:.0f} |"
         for h in history
