@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -522,6 +523,21 @@ def _input_size(base: nn.Module) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------------ the run
 
 
+def _restores_thread_count(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The thread count is process-wide: put it back after ``fn`` whatever ``fn`` set."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        prev_threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(prev_threads)
+
+    return wrapper
+
+
+@_restores_thread_count
 def run_speed_bench(
     device: str,
     out: str | None,
@@ -545,38 +561,6 @@ def run_speed_bench(
     multi-threaded steps stall at every OpenMP barrier whenever another process holds a core,
     which swings step times by 2-3x and swamps the differences being measured.
     """
-    prev_threads = torch.get_num_threads()
-    try:
-        return _run(
-            device,
-            out,
-            model=model,
-            batch_size=batch_size,
-            img_size=img_size,
-            steps=steps,
-            quick=quick,
-            seed=seed,
-            threads=threads,
-            log=log,
-        )
-    finally:
-        torch.set_num_threads(prev_threads)  # the thread count is process-wide: put it back
-
-
-def _run(
-    device: str,
-    out: str | None,
-    *,
-    model: str | None = None,
-    batch_size: int | None = None,
-    img_size: int | None = None,
-    steps: int | None = None,
-    quick: bool = False,
-    seed: int = 0,
-    threads: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """The body of :func:`run_speed_bench`."""
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     dev = torch.device(device)
