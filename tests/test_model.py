@@ -244,6 +244,53 @@ def test_picks_change_repeat_per_seed_and_differ_across_seeds(
     assert len({tuple(s) for s in a.values()}) == len(a)
 
 
+@pytest.mark.parametrize(
+    ("arch", "kw"),
+    [
+        pytest.param("vit", {"method": "mosa"}, id="vit-mosa"),
+        pytest.param("vit", {"method": "mosa", "routing": "sample"}, id="vit-mosa-sample"),
+        pytest.param("vit", {"method": "mosa_lora"}, id="vit-mosa_lora"),
+        pytest.param("swin", {"method": "mosa", "style": "houlsby"}, id="swin-houlsby"),
+        pytest.param("swin", {"method": "mosa_lora", "routing": "sample"}, id="swin-lora-sample"),
+        pytest.param("convnext", {"method": "mosa"}, id="convnext-mosa"),
+    ],
+)
+def test_forward_twice_equals_two_forwards(
+    make_model: MakeModel, images: torch.Tensor, arch: str, kw: dict[str, object]
+) -> None:
+    """The consistency pair as one doubled-batch forward routes, computes and trains exactly
+    as two forwards (no dropout, so only the expert picks are random)."""
+    a = mosa.inject(make_model(arch), MethodConfig(share="none", dropout=0.0, **kw))
+    randomize_added(a)
+    b = copy.deepcopy(a)
+    a.train(), b.train()
+    first, second = a(images), a(images)
+    pair = mosa.forward_twice(b, images)
+    assert not torch.allclose(first, second)  # the two passes picked different experts
+    for got, want in zip(pair, (first, second), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    (F.mse_loss(first, second.detach()) + first.sum()).backward()
+    (F.mse_loss(pair[0], pair[1].detach()) + pair[0].sum()).backward()
+    grads_a = {n: p.grad for n, p in a.named_parameters() if p.grad is not None}
+    grads_b = {n: p.grad for n, p in b.named_parameters() if p.grad is not None}
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for n, g in grads_a.items():
+        torch.testing.assert_close(grads_b[n], g, rtol=1e-4, atol=1e-5, msg=n)
+    state_a, state_b = mosa.get_rng_state(a), mosa.get_rng_state(b)
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert all(m.groups == 1 for m in mosa_modules(b))  # restored after the call
+
+
+def test_routing_groups_are_restored_when_the_forward_fails(make_model: MakeModel) -> None:
+    model = mosa.inject(make_model("vit"), MethodConfig())
+    model.train()
+    with pytest.raises(ValueError, match="divisible by 2"), mosa.routing_groups(model, 2):
+        model(torch.randn(3, 3, 32, 32))
+    assert all(m.groups == 1 for m in mosa_modules(model))
+    with pytest.raises(ValueError, match="groups must be >= 1"), mosa.routing_groups(model, 0):
+        pass
+
+
 def test_same_seed_gives_same_partitions_and_init(make_model: MakeModel) -> None:
     m1 = mosa.inject(make_model("vit"), MethodConfig(share="none", seed=5))
     m2 = mosa.inject(make_model("vit"), MethodConfig(share="none", seed=5))

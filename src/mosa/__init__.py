@@ -2,7 +2,15 @@
 
 from mosa.checkpoint import CheckpointError, load_adapter, read_adapter_config, save_adapter
 from mosa.config import ConfigError, MethodConfig
-from mosa.model import get_rng_state, inject, merge, set_rng_state, summary
+from mosa.model import (
+    forward_twice,
+    get_rng_state,
+    inject,
+    merge,
+    routing_groups,
+    set_rng_state,
+    summary,
+)
 
 __version__ = "0.1.0"
 
@@ -11,11 +19,13 @@ __all__ = [
     "ConfigError",
     "MethodConfig",
     "__version__",
+    "forward_twice",
     "get_rng_state",
     "inject",
     "load_adapter",
     "merge",
     "read_adapter_config",
+    "routing_groups",
     "save_adapter",
     "set_rng_state",
     "summary",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -200,6 +201,36 @@ def mosa_modules(model: nn.Module) -> Iterator[MoSALinear]:
     for m in model.modules():
         if isinstance(m, MoSALinear):
             yield m
+
+
+@contextmanager
+def routing_groups(model: nn.Module, groups: int) -> Iterator[nn.Module]:
+    """Within the block, every split projection treats its input's leading dimension as
+    ``groups`` stacked copies of a batch and routes each copy on its own (see MoSALinear)."""
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    modules = list(mosa_modules(model))
+    before = [m.groups for m in modules]
+    for m in modules:
+        m.groups = groups
+    try:
+        yield model
+    finally:
+        for m, g in zip(modules, before, strict=True):
+            m.groups = g
+
+
+def forward_twice(
+    model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two stochastic training passes over ``x`` (MoSA's consistency pair) as ONE forward on
+    ``cat([x, x])``: each half gets its own expert picks, drawn in the order two forwards would
+    draw them, and its own dropout masks; the frozen backbone runs once on a doubled batch.
+    ``forward`` (default: ``model``) maps a batch to the output that is split in two."""
+    with routing_groups(model, 2):
+        out = (forward or model)(torch.cat([x, x]))
+    first, second = out.chunk(2)
+    return first, second
 
 
 def get_rng_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -246,3 +246,45 @@ def test_deepcopy_copies_routing_state() -> None:
     picks(m, 3)
     c = copy.deepcopy(m)
     assert picks(c) == picks(m)
+
+
+# ---------------------------------------------------------------------------- routing groups
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("routing", ["batch", "sample"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_groups_route_stacked_copies_as_separate_forwards(
+    init: str, routing: str, bias: bool
+) -> None:
+    """One forward on cat([x, x]) with groups=2 == two forwards on x: same picks (in the same
+    order of the routing generator), outputs, gradients and generator state afterwards."""
+    a = make(init, routing=routing, bias=bias)
+    with torch.no_grad():
+        a.weight.normal_()
+    b = copy.deepcopy(a)
+    a.train(), b.train()
+    x = torch.randn(6, 5, 12)
+    seq = [a(x), a(x)]
+    picks_a = [a.last_expert]
+    b.groups = 2
+    out = b(torch.cat([x, x]))
+    torch.testing.assert_close(out, torch.cat(seq), rtol=1e-5, atol=1e-6)
+    (torch.cat(seq) ** 2).sum().backward()
+    (out**2).sum().backward()
+    torch.testing.assert_close(b.weight.grad, a.weight.grad, rtol=1e-5, atol=1e-6)
+    assert torch.equal(b.get_rng_state(), a.get_rng_state())
+    if routing == "batch":
+        assert b.last_expert.shape == (2,) and int(b.last_expert[1]) == picks_a[0]
+    else:
+        assert b.last_expert.shape == (12,) and torch.equal(b.last_expert[6:], picks_a[0])
+
+
+def test_groups_need_a_divisible_leading_dimension() -> None:
+    m = make()
+    m.train()
+    m.groups = 2
+    with pytest.raises(ValueError, match="divisible by 2"):
+        m(torch.randn(3, 12))
+    m.eval()  # eval never routes, so groups do not matter there
+    assert m(torch.randn(3, 12)).shape == (3, 10)

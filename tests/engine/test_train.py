@@ -140,8 +140,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
         if not module.training:
             return None
         calls["n"] += 1
-        # 4 steps x 2 passes (consistency) per epoch: call 11 is epoch 2, step 1
-        return output * float("nan") if calls["n"] == 11 else None
+        # 4 steps per epoch, one forward each (both consistency passes run as one doubled
+        # batch): call 6 is epoch 2, step 1 (steps count from 0)
+        return output * float("nan") if calls["n"] == 6 else None
 
     model.head.register_forward_hook(poison)
     with pytest.raises(TrainingDivergedError, match="epoch 2, step 1") as err:

@@ -61,6 +61,7 @@ class MoSALinear(nn.Module):
         # batch size of the model's current input (set by a model pre-hook in sample routing),
         # so layers that see B*k rows (Swin windows) still pick one expert per image
         self.batch_hint: int | None = None
+        self.groups = 1
 
     # ------------------------------------------------------------------ experts
     def expert_weight(self, k: int) -> torch.Tensor:
@@ -111,29 +112,48 @@ class MoSALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.linear(x, self.merged_weight(), self.bias)
+        g = self.groups
+        if g > 1 and (x.dim() < 2 or x.shape[0] % g):
+            raise ValueError(
+                f"routing groups={g} need a leading dimension divisible by {g}, got input of "
+                f"shape {tuple(x.shape)}"
+            )
         if self.routing == "batch" or x.dim() < 2:
-            k = int(self._draw(1))
-            self.last_expert = k
-            return F.linear(x, self.expert_weight(k), self.bias)
-        # per-sample routing: gather each item's expert weight and use a batched matmul
-        rows = x.shape[0]
-        b = self.batch_hint
-        if b and rows != b and rows % b == 0:
-            # timm's window partition keeps windows of one image contiguous (batch-major)
-            picks = self._draw(b)
+            if g == 1:
+                k = int(self._draw(1))
+                self.last_expert = k
+                return F.linear(x, self.expert_weight(k), self.bias)
+            # one draw per copy, in order: the same sequence as g separate forwards
+            picks = torch.cat([self._draw(1) for _ in range(g)])
             self.last_expert = picks
-            picks = picks.repeat_interleave(rows // b)
+            w = self._expert_stack(picks)  # (g, out, in)
+            flat = x.reshape(g, -1, x.shape[-1])
         else:
-            picks = self._draw(rows)
-            self.last_expert = picks
-        experts = torch.arange(self.num_experts, device=self.owner.device).view(-1, 1, 1)
-        masks = self.owner.unsqueeze(0) == experts  # (N, out, in)
+            picks = self._sample_picks(x.shape[0])
+            w = self._expert_stack(picks)  # (rows, out, in)
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.bias is None:
+            out = torch.bmm(flat, w.transpose(1, 2))
+        else:  # fused bias: a separate add (and its backward reduction) costs ~1% of a ViT step
+            out = torch.baddbmm(self.bias, flat, w.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _sample_picks(self, rows: int) -> torch.Tensor:
+        """One expert per row of the leading dimension (per image when rows are windows)."""
+        g = self.groups
+        b = self.batch_hint
+        # timm's window partition keeps windows of one image contiguous (batch-major)
+        per_image = rows // b if b and rows != b and rows % b == 0 else 1
+        images = rows // per_image
+        picks = torch.cat([self._draw(images // g) for _ in range(g)])
+        self.last_expert = picks
+        return picks.repeat_interleave(per_image) if per_image > 1 else picks
+
+    def _expert_stack(self, picks: torch.Tensor) -> torch.Tensor:
+        """The dense weights of experts ``picks``, stacked: ``(len(picks), out, in)``."""
+        masks = self.owner.unsqueeze(0) == picks.to(self.owner.device).view(-1, 1, 1)
         init = self.weight_init if self.weight_init is not None else self.weight.new_zeros(())
-        stacked = torch.where(masks, self.weight.unsqueeze(0), init)
-        w = stacked[picks.to(self.owner.device)]  # (B, out, in)
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        out = torch.bmm(flat, w.transpose(1, 2)).reshape(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+        return torch.where(masks, self.weight.unsqueeze(0), init)
 
     def extra_repr(self) -> str:
         return (

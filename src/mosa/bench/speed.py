@@ -1,8 +1,8 @@
 """``mosa bench speed``: training and inference cost of every method on one backbone, in one run.
 
 Training variants (same backbone weights, input and batch): ``linear`` (head only), ``adapter``,
-``mosa`` (consistency off), ``mosa_consistency`` (two forward passes per step, symmetric KL, CE
-on the first), ``lora``, ``mosa_lora`` and ``mosa_reference`` (the N-copy implementation of
+``mosa`` (consistency off), ``mosa_consistency`` (two passes per step, run as the engine runs
+them: one forward on the doubled batch with per-half expert picks; symmetric KL, CE on pass 1), ``lora``, ``mosa_lora`` and ``mosa_reference`` (the N-copy implementation of
 :mod:`mosa.bench.reference`). For each: median training-step time (forward, backward and an AdamW
 step), peak memory, trainable and stored parameter counts and AdamW state size. Inference
 throughput (eval, no grad) for the backbone alone, ``adapter`` and the merged ``mosa``, ``lora``
@@ -40,7 +40,7 @@ import mosa
 from mosa.adapters.sparse import MoSALinear
 from mosa.bench.flops import ViTShape, measure_matmul_rate, vit_train_flops
 from mosa.bench.reference import ReferenceSplitLinear, inject_reference, reference_state_dict
-from mosa.model import adapter_state_dict
+from mosa.model import adapter_state_dict, forward_twice
 
 # ------------------------------------------------------------------------------------ settings
 
@@ -48,7 +48,7 @@ TRAIN_VARIANTS: dict[str, str] = {
     "linear": "head only; frozen backbone (its inference row is the backbone alone)",
     "adapter": "AdaptFormer parallel adapter",
     "mosa": "MoSA adapter (one tensor + owner index), consistency off",
-    "mosa_consistency": "MoSA, 2 forward passes + symmetric KL, CE on the first",
+    "mosa_consistency": "MoSA, 2 passes (one doubled-batch forward) + symmetric KL, CE on pass 1",
     "mosa_sparse_adamw": "MoSA with the engine's default optimizer (expert-local AdamW)",
     "lora": "LoRA on q and v",
     "mosa_lora": "MoSA-LoRA on q and v",
@@ -195,13 +195,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 def train_step(
     v: Variant, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype | None
 ) -> None:
-    """One training step: forward (twice with consistency), loss, backward, AdamW step."""
+    """One training step: forward (both consistency passes at once), loss, backward, AdamW step."""
     v.optimizer.zero_grad(set_to_none=True)
     if v.tracker is not None:
         v.tracker.reset()
     with _autocast(device, dtype):
-        logits = v.model(x)
-        logits2 = v.model(x) if v.consistency else None
+        if v.consistency:  # the engine's way: both passes as one forward on a doubled batch
+            logits, logits2 = forward_twice(v.model, x)
+        else:
+            logits, logits2 = v.model(x), None
     loss = F.cross_entropy(logits.float(), y)
     if logits2 is not None:
         loss = loss + symmetric_kl(logits, logits2)
@@ -710,7 +712,8 @@ def run_speed_bench(
         "infer_steps": infer_rounds,
         "timing_method": (
             "median of per-step wall times (device synchronised before and after each step); "
-            "a training step is zero_grad + forward (+ second forward for consistency) + "
+            "a training step is zero_grad + forward (for consistency: one forward on the "
+            "doubled batch, each half with its own picks) + "
             "loss + backward + AdamW step; inference is one eval forward under inference_mode"
         ),
         "order": (

@@ -659,23 +659,26 @@ class _Run:
         if self.capture is not None:
             self.capture.take()
         target = y + self.offsets[t] if self.offsets[t] else y  # joint head: union labels
-        with autocast(self.device, self.amp):
-            logits = self._forward(x, t, ddp=True)
-        ce = classification_loss(logits, target, ocfg.label_smoothing)
-        loss = ce
         kl = deep = None
-        if self.two_pass:
-            hidden = self.capture.take() if self.capture is not None else []
-            # second pass: its own expert picks (the routing generators advance) and dropout
-            # masks; through the bare module, as DDP expects one forward per backward and
-            # autograd sums both passes' gradients into each parameter before DDP's hooks run
+        if not self.two_pass:
             with autocast(self.device, self.amp):
-                logits2 = self._forward(x, t, ddp=False)
+                logits = self._forward(x, t, ddp=True)
+            loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
+        else:
+            # both passes as ONE forward on a doubled batch: each half has its own expert
+            # picks (drawn as two forwards would draw them) and dropout masks, and DDP sees one
+            # forward per backward
+            with autocast(self.device, self.amp):
+                logits, logits2 = mosa.forward_twice(
+                    self.model, x, lambda xx: self._forward(xx, t, ddp=True)
+                )
+            loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
             if self.consistency > 0:
                 kl = symmetric_kl(logits, logits2)
                 loss = loss + self.consistency * kl
             if self.capture is not None:
-                deep = hidden_consistency(hidden, self.capture.take())
+                halves = [h.chunk(2) for h in self.capture.take()]
+                deep = hidden_consistency([a for a, _ in halves], [b for _, b in halves])
                 loss = loss + ocfg.deep_consistency * deep
         loss.backward()
         if ocfg.grad_clip is not None:
