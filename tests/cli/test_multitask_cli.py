@@ -61,17 +61,8 @@ def backbone_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(root: Path, weights: Path, out: Path, method: dict[str, Any], **kw: Any) -> Path:
-    data = [
-        DataConfig(
-            kind="vtab",
-            root=str(root),
-            task=t,
-            train_split="train800",
-            val_split="val200",
-            test_split="test",
-        )
-        for t in TASKS
-    ]
+    # DataConfig's defaults are the VTAB-1k layout: train800, model selection on val200, test
+    data = [DataConfig(root=str(root), task=t) for t in TASKS]
     cfg = TrainConfig(
         backbone="vit_tiny_patch16_224",
         pretrained=False,

@@ -95,17 +95,8 @@ def _backbone(state: dict[str, torch.Tensor]) -> torch.nn.Module:
 
 
 def _config(root: Path, out: Path, **kw: Any) -> TrainConfig:
-    data = [
-        DataConfig(
-            kind="vtab",
-            root=str(root),
-            task=t,
-            train_split="train800",
-            val_split="val200",
-            test_split="test",
-        )
-        for t in TASKS
-    ]
+    # DataConfig's defaults are the VTAB-1k layout: train800, model selection on val200, test
+    data = [DataConfig(root=str(root), task=t) for t in TASKS]
     return TrainConfig(
         backbone="vit_tiny_patch16_224",
         pretrained=False,
