@@ -11,6 +11,8 @@ import pytest
 from mosa.bench import accuracy
 from mosa.data.prepare import prepare_tasks
 
+# the protocol tests use their own grids, so they do not change with the shipped LR_GRID
+GRID: dict[str, tuple[float, ...]] = {m: (1e-3, 3e-3, 1e-2) for m in accuracy.METHODS}
 WEIGHTS = (
     Path(accuracy.__file__).parents[1] / "backbones" / "weights" / "mosa_vit_fmnist.safetensors"
 )
@@ -21,7 +23,7 @@ def _fake_run_one(calls: list[dict[str, Any]]):
     # would pick the other learning rate
     def run_one(config):
         lr = config.optim.lr
-        grid = accuracy.LR_GRID[config.method.method]
+        grid = GRID[config.method.method]
         big = lr == max(grid)
         calls.append({"lr": lr, "seed": config.seed, "method": config.method.method})
         summary = {
@@ -44,7 +46,7 @@ def _protocol(root: Path, tasks: tuple[str, ...], methods: tuple[str, ...]) -> a
         warmup_epochs=0,
         batch_size=8,
         bottleneck=4,
-        lr_grid={m: accuracy.LR_GRID[m] for m in methods},
+        lr_grid={m: GRID[m] for m in methods},
         data_root=str(root),
     )
 
@@ -54,19 +56,17 @@ def test_learning_rate_is_chosen_on_val_never_on_test(tmp_path, monkeypatch):
     monkeypatch.setattr(accuracy, "run_one", _fake_run_one(calls))
     protocol = _protocol(tmp_path / "data", ("t1", "t2"), ("adapter", "mosa"))
     records = accuracy.run_protocol(protocol, tmp_path / "out", jobs=1, log=lambda s: None)
-    # selection: 2 tasks x 2 methods x 2 lrs at seed 0; then 2 more seeds per cell
-    assert len(calls) == 2 * 2 * 2 + 2 * 2 * 2
+    # selection: 2 tasks x 2 methods x 3 lrs at seed 0; then 2 more seeds per cell
+    assert len(calls) == 2 * 2 * 3 + 2 * 2 * 2
     assert len(records) == 2 * 2 * 3
     for rec in records:
-        assert rec["lr"] == max(accuracy.LR_GRID[rec["method"]])  # the val winner
+        assert rec["lr"] == max(GRID[rec["method"]])  # the val winner
         assert rec["val_acc"] == 0.8
         assert rec["hyperparameters"]["val_by_lr"] == {
-            f"{lr:g}": (0.8 if lr == max(accuracy.LR_GRID[rec["method"]]) else 0.6)
-            for lr in accuracy.LR_GRID[rec["method"]]
+            f"{lr:g}": (0.8 if lr == max(GRID[rec["method"]]) else 0.6)
+            for lr in GRID[rec["method"]]
         }
-    seeds_at_small_lr = [
-        c for c in calls if c["seed"] > 0 and c["lr"] != max(accuracy.LR_GRID[c["method"]])
-    ]
+    seeds_at_small_lr = [c for c in calls if c["seed"] > 0 and c["lr"] != max(GRID[c["method"]])]
     assert not seeds_at_small_lr
 
 
@@ -110,9 +110,11 @@ def test_end_to_end_on_prepared_tasks(tmp_path):
     out = tmp_path / "out"
     argv = ["--data-root", str(tmp_path / "data"), "--tasks", "digits",
             "--methods", "linear,mosa", "--seeds", "0,1", "--epochs", "1", "--jobs", "1",
+            "--lrs", "0.01,0.003",
             "--batch-size", "64", "--out", str(out)]  # fmt: skip
     assert accuracy.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["protocol"]["lr_grid"] == {"linear": [0.003, 0.01], "mosa": [0.003, 0.01]}
     assert len(res["records"]) == 1 * 2 * 2
     for rec in res["records"]:
         for key in ("task", "method", "seed", "test_acc", "val_acc", "trainable_params", "wall_s"):
@@ -122,3 +124,5 @@ def test_end_to_end_on_prepared_tasks(tmp_path):
     assert (out / "results.png").stat().st_size > 1000
     # a second invocation finds every run finished and trains nothing
     assert accuracy.main(argv) == 0
+    with pytest.raises(SystemExit, match="--lrs wants numbers"):
+        accuracy.main([*argv, "--lrs", "fast"])
