@@ -226,7 +226,9 @@ def forward_twice(
     """Two stochastic training passes over ``x`` (MoSA's consistency pair) as ONE forward on
     ``cat([x, x])``: each half gets its own expert picks, drawn in the order two forwards would
     draw them, and its own dropout masks; the frozen backbone runs once on a doubled batch.
-    ``forward`` (default: ``model``) maps a batch to the output that is split in two."""
+    ``forward`` (default: ``model``) maps a batch to the output that is split in two. Layers
+    that mix samples (BatchNorm in train mode) would see both halves together; the supported
+    ViT, Swin and ConvNeXt backbones normalise per sample (LayerNorm)."""
     with routing_groups(model, 2):
         out = (forward or model)(torch.cat([x, x]))
     first, second = out.chunk(2)
