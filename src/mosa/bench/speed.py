@@ -2,7 +2,8 @@
 
 Training variants (same backbone weights, input and batch): ``linear`` (head only), ``adapter``,
 ``mosa`` (consistency off), ``mosa_consistency`` (two passes per step, run as the engine runs
-them: one forward on the doubled batch with per-half expert picks; symmetric KL, CE on pass 1), ``lora``, ``mosa_lora`` and ``mosa_reference`` (the N-copy implementation of
+them: one forward on the doubled batch with per-half expert picks; symmetric KL, CE on pass 1),
+``lora``, ``mosa_lora`` and ``mosa_reference`` (the N-copy implementation of
 :mod:`mosa.bench.reference`). For each: median training-step time (forward, backward and an AdamW
 step), peak memory, trainable and stored parameter counts and AdamW state size. Inference
 throughput (eval, no grad) for the backbone alone, ``adapter`` and the merged ``mosa``, ``lora``

@@ -660,19 +660,18 @@ class _Run:
             self.capture.take()
         target = y + self.offsets[t] if self.offsets[t] else y  # joint head: union labels
         kl = deep = None
-        if not self.two_pass:
-            with autocast(self.device, self.amp):
-                logits = self._forward(x, t, ddp=True)
-            loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
-        else:
-            # both passes as ONE forward on a doubled batch: each half has its own expert
-            # picks (drawn as two forwards would draw them) and dropout masks, and DDP sees one
-            # forward per backward
-            with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp):
+            if self.two_pass:
+                # both passes as ONE forward on a doubled batch: each half has its own expert
+                # picks (drawn as two forwards would draw them) and dropout masks, and DDP sees
+                # one forward per backward
                 logits, logits2 = mosa.forward_twice(
                     self.model, x, lambda xx: self._forward(xx, t, ddp=True)
                 )
-            loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
+            else:
+                logits = self._forward(x, t, ddp=True)
+        loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
+        if self.two_pass:
             if self.consistency > 0:
                 kl = symmetric_kl(logits, logits2)
                 loss = loss + self.consistency * kl
