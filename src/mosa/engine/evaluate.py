@@ -4,9 +4,7 @@ and :func:`load_for_eval`, which rebuilds a trained (multi-task) model from its 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mosa.engine.distributed import DistInfo, all_reduce_sum
+
+# rebuilding a trained (multi-task) model lives with the task heads; re-exported here so that
+# evaluation code finds both halves in one module
+from mosa.engine.multitask import load_for_eval
+
+__all__ = ["autocast", "evaluate", "load_for_eval"]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -71,19 +75,3 @@ def evaluate(
     if span is not None:
         out["acc_union"] = union / n if n else float("nan")
     return out
-
-
-def load_for_eval(
-    path: str | os.PathLike[str],
-    task: str | None = None,
-    *,
-    config: Any = None,
-    weights: str | None = None,
-    merge: bool = True,
-    model: nn.Module | None = None,
-) -> nn.Module:
-    """Rebuild a trained model from an adapter (or run) folder for evaluation, through one
-    task's head for a multi-task adapter; see :func:`mosa.engine.multitask.load_for_eval`."""
-    from mosa.engine.multitask import load_for_eval as _load
-
-    return _load(path, task, config=config, weights=weights, merge=merge, model=model)
