@@ -26,6 +26,8 @@ ROUND_TRIPS = (
     + [{"method": "mosa", "style": s} for s in STYLES]
     + [{"method": "mosa", "share": sh} for sh in ("up", "none")]
     + [{"method": "mosa", "granularity": "row", "merge": "sum", "routing": "sample"}]
+    + [{"method": "mosa", "bias": "expert"}]
+    + [{"method": "mosa", "bias": "expert", "share": "none", "merge": "sum", "routing": "sample"}]
     + [{"method": "lora"}, {"method": "lora", "targets": ("q", "k", "v", "o", "mlp")}]
     + [{"method": "mosa_lora", "share": sh} for sh in ("down", "up", "none")]
 )
@@ -63,6 +65,56 @@ def trained(
 
 
 # ---------------------------------------------------------------------------- round trips
+
+
+def test_expert_biases_train_per_expert_and_count_as_extra(
+    make_model: MakeModel, train: Callable
+) -> None:
+    cfg = MethodConfig(method="mosa", bias="expert", num_experts=3)
+    model = mosa.inject(make_model("vit"), cfg)
+    shared = mosa.inject(make_model("vit"), MethodConfig(method="mosa", num_experts=3))
+    splits = list(mosa.model.mosa_modules(model))
+    assert splits and all(m.bias.shape == (3, m.out_features) for m in splits)
+    extra = sum(2 * m.out_features for m in splits)
+    s, s0 = mosa.summary(model), mosa.summary(shared)
+    assert (s["expert_bias_extra"], s0["expert_bias_extra"]) == (extra, 0)
+    assert s["trainable"] - s0["trainable"] == extra  # the only difference from the adapter's
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).logsumexp(-1).sum().backward()
+    for m in splits:  # only the picked expert's bias row gets gradient
+        picked = m.bias.grad.abs().sum(1) > 0
+        assert picked.tolist() == [k == m.last_expert for k in range(3)]
+    train(model, 6, lr=3e-2)
+    for m in splits:  # each expert's bias merges by the mean
+        torch.testing.assert_close(m.to_linear().bias, m.bias.mean(0))
+    with pytest.raises(mosa.ConfigError, match="bias='experts'.*did you mean 'expert'"):
+        MethodConfig(bias="experts")
+
+
+def test_decayed_initial_weights_survive_save_and_load(
+    make_model: MakeModel, images: torch.Tensor, tmp_path: Path
+) -> None:
+    from mosa.engine.config import OptimConfig
+    from mosa.engine.optim import ExpertTracker, build_optimizer
+
+    model = mosa.inject(make_model("vit"), MethodConfig(method="mosa", share="up"))
+    opt = build_optimizer(model, OptimConfig(lr=0.05, weight_decay=0.5))
+    tracker = ExpertTracker(model)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        tracker.reset()
+        model(images).logsumexp(-1).sum().backward()
+        opt.set_active(tracker.masks())
+        opt.step()
+    scales = [m.init_scale.clone() for m in mosa.model.mosa_modules(model)]
+    assert all(bool((s < 1).any()) for s in scales)  # the picked experts' W0 copies decayed
+    ref = eval_out(model, images)
+    mosa.save_adapter(model, tmp_path / "a")
+    fresh = mosa.load_adapter(make_model("vit"), tmp_path / "a")
+    torch.testing.assert_close(eval_out(fresh, images), ref, rtol=0, atol=1e-6)
+    for m, s in zip(mosa.model.mosa_modules(fresh), scales, strict=True):
+        assert torch.equal(m.init_scale, s)
 
 
 @pytest.mark.parametrize("kw", ROUND_TRIPS, ids=[_id(k) for k in ROUND_TRIPS])

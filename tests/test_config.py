@@ -17,7 +17,8 @@ def test_defaults_follow_the_published_recipe() -> None:
     assert c.method == "mosa" and c.style == "adaptformer"
     assert c.num_experts == 4 and c.share == "down" and c.merge == "mean"
     assert c.granularity == "element" and c.routing == "batch"
-    assert c.bottleneck == 16 and c.dropout == 0.1 and c.seed == 3407
+    assert c.bottleneck == 16 and c.adapter_dropout == 0.1 and c.seed == 3407
+    assert MethodConfig(style="houlsby").adapter_dropout == 0.0  # reference: no dropout
     assert c.rank == 16 and c.targets == ("q", "v")
     assert c.adapter_scale == 0.1
     assert MethodConfig(style="pfeiffer").adapter_scale == 1.0

@@ -172,6 +172,10 @@ def _load_into(model: nn.Module, directory: Path, meta: dict[str, Any]) -> nn.Mo
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights} could not be read ({e}); the file is corrupt") from e
     expected = adapter_state_dict(model)
+    # checkpoints older than ``init_scale`` stored undecayed initial weights: scale 1
+    for k in set(expected) - set(loaded):
+        if k.endswith(".init_scale"):
+            loaded[k] = torch.ones_like(expected[k])
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     shapes = [

@@ -14,10 +14,13 @@ SHARES = ("down", "up", "none")
 GRANULARITIES = ("element", "row", "column")
 MERGES = ("mean", "sum")
 ROUTINGS = ("batch", "sample")
+BIASES = ("shared", "expert")
 LORA_TARGETS = ("q", "k", "v", "o", "mlp")
 
 # AdaptFormer scales its parallel branch; the sequential styles add it unscaled.
 DEFAULT_SCALE = {"adaptformer": 0.1, "pfeiffer": 1.0, "houlsby": 1.0}
+# The reference code's Pfeiffer and Houlsby adapters have no dropout.
+DEFAULT_DROPOUT = {"adaptformer": 0.1, "pfeiffer": 0.0, "houlsby": 0.0}
 
 
 class ConfigError(ValueError, TypeError):
@@ -49,6 +52,12 @@ class MethodConfig:
     ``method`` is one of ``linear`` (head only), ``full``, ``adapter``, ``lora``, ``mosa``
     (MoSA on the adapter) and ``mosa_lora`` (MoSA on LoRA). Options that a method does not
     use are kept (so one config can be swept over methods) but still validated.
+
+    ``scale`` and ``dropout`` default by style (None): 0.1 and 0.1 for AdaptFormer, 1 and 0
+    for Pfeiffer and Houlsby. ``bias`` says how a split projection's bias is trained:
+    ``shared`` (one dense bias, trained every step) or ``expert`` (one bias per expert,
+    trained when its expert is picked and merged by the same rule as the weights: the
+    reference code's layout, with (N-1)·out more trainable parameters per split projection).
     """
 
     method: str = "mosa"
@@ -56,7 +65,7 @@ class MethodConfig:
     style: str = "adaptformer"
     bottleneck: int = 16
     scale: float | None = None
-    dropout: float = 0.1
+    dropout: float | None = None
     # lora
     rank: int = 16
     alpha: float | None = None
@@ -67,6 +76,7 @@ class MethodConfig:
     granularity: str = "element"
     merge: str = "mean"
     routing: str = "batch"
+    bias: str = "shared"
     seed: int = 3407
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MethodConfig:
@@ -84,6 +94,7 @@ class MethodConfig:
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("merge", self.merge, MERGES)
         _choice("routing", self.routing, ROUTINGS)
+        _choice("bias", self.bias, BIASES)
         for t in self.targets:
             _choice("targets", t, LORA_TARGETS)
         if not self.targets:
@@ -103,7 +114,7 @@ class MethodConfig:
                 f"num_experts must be between 2 and 255, got {self.num_experts} "
                 "(one expert is a plain adapter: use method='adapter' or 'lora')"
             )
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if self.dropout is not None and not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.scale is not None and not float(self.scale) > 0:
             raise ConfigError(f"scale must be > 0, got {self.scale}")
@@ -127,6 +138,10 @@ class MethodConfig:
     @property
     def adapter_scale(self) -> float:
         return float(self.scale) if self.scale is not None else DEFAULT_SCALE[self.style]
+
+    @property
+    def adapter_dropout(self) -> float:
+        return float(self.dropout) if self.dropout is not None else DEFAULT_DROPOUT[self.style]
 
     @property
     def lora_scaling(self) -> float:

@@ -97,6 +97,9 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
                     if site.mode == "parallel_tap":
                         _attach_hook(site.tap, ad.tap_hook, pre=True)
                         _attach_hook(site.hooked, ad.parallel_tap_hook)
+                    elif site.mode == "residual":
+                        _attach_hook(site.tap, ad.residual_tap_hook, pre=True)
+                        _attach_hook(site.hooked, ad.residual_add_hook)
                     elif site.mode == "parallel":
                         _attach_hook(site.hooked, ad.parallel_hook)
                     else:
@@ -272,7 +275,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def summary(model: nn.Module) -> dict[str, object]:
     """Parameter counts: ``trainable``, ``total``, ``adapter`` (mosa modules), ``head``,
-    ``stored`` (elements an adapter checkpoint holds) and the method."""
+    ``stored`` (elements an adapter checkpoint holds), the method, and ``expert_bias_extra``:
+    the trainable parameters that per-expert biases (``bias="expert"``) add over the dense
+    adapter's (the only difference from its trainable count; merging removes them)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adapter = sum(
@@ -284,6 +289,11 @@ def summary(model: nn.Module) -> dict[str, object]:
     head_n = sum(p.numel() for p in model.get_submodule(head).parameters()) if head else 0
     cfg = getattr(model, "mosa_config", None)
     stored = sum(v.numel() for v in adapter_state_dict(model).values()) if cfg else None
+    extra = sum(
+        m.bias.numel() - m.bias.shape[-1]
+        for m in mosa_modules(model)
+        if m.expert_bias and m.bias is not None and m.bias.requires_grad
+    )
     return {
         "method": cfg.method if cfg else None,
         "trainable": trainable,
@@ -291,6 +301,7 @@ def summary(model: nn.Module) -> dict[str, object]:
         "adapter": adapter,
         "head": head_n,
         "stored": stored,
+        "expert_bias_extra": extra,
         "trainable_pct": 100.0 * trainable / max(total, 1),
         "merged": bool(getattr(model, "mosa_merged", False)),
     }

@@ -176,16 +176,36 @@ def test_vit_adaptformer_is_parallel_to_the_mlp_after_layer_scale(make_model: Ma
 
 @torch.no_grad()
 def test_vit_sequential_styles(make_model: MakeModel) -> None:
-    for style in ("pfeiffer", "houlsby"):
-        model = mosa.inject(make_model("vit"), MethodConfig(method="adapter", style=style))
-        _trained_block(model)
-        block = model.blocks[0]
-        h = torch.randn(2, 17, 48)
-        plain = block.mlp.forward(h)
-        torch.testing.assert_close(block.mlp(h), plain + block.mosa_adapter(plain))
-        if style == "houlsby":
-            plain = block.attn.forward(h)
-            torch.testing.assert_close(block.attn(h), plain + block.mosa_adapter_attn(plain))
+    model = mosa.inject(make_model("vit"), MethodConfig(method="adapter", style="pfeiffer"))
+    _trained_block(model)
+    block = model.blocks[0]
+    h = torch.randn(2, 17, 48)
+    plain = block.mlp.forward(h)
+    torch.testing.assert_close(block.mlp(h), plain + block.mosa_adapter(plain))
+
+
+@pytest.mark.parametrize("arch", ["vit", "swin"])
+@torch.no_grad()
+def test_houlsby_adapters_read_the_post_residual_stream(make_model: MakeModel, arch: str) -> None:
+    model = mosa.inject(make_model(arch), MethodConfig(method="mosa", style="houlsby"))
+    _trained_block(model)
+    model.eval()
+    block = model.blocks[0] if arch == "vit" else model.layers[0].blocks[0]
+    assert block.mosa_adapter.drop.p == 0.0  # the reference's Houlsby adapter has no dropout
+    # as the reference: s = x + Attn(x); s = s + A1(s); y = s + MLP(s); y = y + A2(y)
+    shape = (2, 17, 48) if arch == "vit" else (2, 16, 16, 24)
+    x = torch.randn(*shape)
+    ls1 = block.ls1.forward if arch == "vit" else (lambda t: t)
+    ls2 = block.ls2.forward if arch == "vit" else (lambda t: t)
+    if arch == "vit":
+        s = x + ls1(block.attn.forward(block.norm1.forward(x)))
+    else:
+        s = x + block._attn(block.norm1.forward(x))
+    s = s + block.mosa_adapter_attn(s)
+    y = s + ls2(block.mlp.forward(block.norm2.forward(s)))
+    want = y + block.mosa_adapter(y)
+    torch.testing.assert_close(block(x), want)
+    assert block.mosa_adapter_attn(s).abs().max() > 0 and block.mosa_adapter(y).abs().max() > 0
 
 
 @torch.no_grad()

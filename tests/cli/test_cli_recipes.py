@@ -13,6 +13,7 @@ from mosa.recipes import RECIPES_DIR, list_recipes, load_config, recipe_descript
 ALL = list_recipes(include_private=True)
 MIXINS = [n for n in ALL if n.startswith("methods/")]
 RUNNABLE = [n for n in list_recipes() if not n.startswith("methods/")]
+PUBLISHED = ("vtab", "fgvc", "general", "multitask")
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("methods/")])
@@ -25,12 +26,12 @@ def test_every_recipe_validates(name):
 @pytest.mark.parametrize("mixin", MIXINS)
 def test_every_method_mixin_validates_on_top_of_a_task(mixin):
     cfg = load_config(["vtab/dtd", mixin])
-    assert cfg.method.method == mixin.split("/")[1]
+    assert cfg.method.method == mixin.split("/")[1].removesuffix("_paper")
     assert cfg.data[0].task == "dtd"
 
 
 def test_mixins_cover_every_method_and_recipes_have_descriptions():
-    assert sorted(m.split("/")[1] for m in MIXINS) == sorted(METHODS)
+    assert {m.split("/")[1].removesuffix("_paper") for m in MIXINS} == set(METHODS)
     for name in list_recipes():
         assert recipe_description(name), f"{name} has no description"
 
@@ -78,10 +79,27 @@ def test_fgvc_and_general_recipes_have_the_published_learning_rates():
         assert cfg.data[0].img_size == 224
     cars = load_config("fgvc/stanford_cars")
     assert (cars.method.num_experts, cars.method.share) == (2, "up")
-    assert cars.optim.deep_consistency > 0
+    # the reference's deep term: 0.01 * (sum of 6 blocks' MSE) / 6, inside the weight 1.0
+    assert cars.consistency_weight * cars.optim.deep_consistency == pytest.approx(0.01)
+    assert cars.optim.deep_consistency_blocks == 6
     cub = load_config("fgvc/cub")
     assert (cub.method.num_experts, cub.method.share, cub.optim.deep_consistency) == (4, "down", 0)
     assert load_config("general/food101").data[0].kind == "food101"
+
+
+@pytest.mark.parametrize("name", [n for n in RUNNABLE if n.split("/")[0] in PUBLISHED])
+def test_published_recipes_train_the_paper_configuration(name):
+    cfg = load_config(name)
+    paper = load_config(["offline/digits", "methods/mosa_paper"])
+    assert cfg.method.method == "mosa" and cfg.method.bias == "expert"
+    assert cfg.method.routing == "batch" and cfg.method.merge == "mean"
+    assert (cfg.optim.expert_updates, cfg.optim.eps) == ("reference", 1e-6)
+    assert cfg.consistency_weight == paper.consistency_weight == 1.0
+    if name != "fgvc/stanford_cars":
+        assert cfg.method.num_experts == 4 or name.startswith("multitask/")
+        assert cfg.optim.deep_consistency == 0
+    lora = load_config([name, "methods/mosa_lora_paper"])
+    assert (lora.method.method, lora.optim.expert_updates) == ("mosa_lora", "reference")
 
 
 def test_offline_recipes_name_real_prepared_tasks():

@@ -22,7 +22,7 @@ def test_symmetric_kl_known_value() -> None:
     # row 0: p = (1/2, 1/2), q = (3/4, 1/4); row 1: equal distributions contribute 0
     kl_pq = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
     kl_qp = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    expected = (kl_pq + kl_qp) / 2  # batch mean over the 2 rows
+    expected = 0.5 * (kl_pq + kl_qp) / 2  # R-Drop's 0.5, then the batch mean over 2 rows
     assert symmetric_kl(a, b).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -36,31 +36,31 @@ def test_symmetric_kl_is_symmetric_nonnegative_and_zero_for_equal_inputs() -> No
     # invariant to a per-row shift of the logits (it compares distributions)
     assert symmetric_kl(a + 3.0, b).item() == pytest.approx(symmetric_kl(a, b).item(), rel=1e-5)
     pa, pb = a.softmax(-1), b.softmax(-1)
-    expected = (_kl(pa, pb) + _kl(pb, pa)).mean()
+    expected = 0.5 * (_kl(pa, pb) + _kl(pb, pa)).mean()
     assert symmetric_kl(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_symmetric_kl_gradient_flows_only_through_the_non_detached_sides() -> None:
+def test_symmetric_kl_gradient_is_the_reference_one() -> None:
     g = torch.Generator().manual_seed(1)
-    a = torch.randn(4, 6, generator=g, requires_grad=True)
-    b = torch.randn(4, 6, generator=g, requires_grad=True)
-    symmetric_kl(a, b).backward()
-    # a's gradient must come from KL(p_a || sg p_b) alone, b's from KL(p_b || sg p_a) alone
-    a2 = a.detach().clone().requires_grad_(True)
-    b2 = b.detach().clone().requires_grad_(True)
-    _kl(a2.softmax(-1), b.detach().softmax(-1)).mean().backward()
-    _kl(b2.softmax(-1), a.detach().softmax(-1)).mean().backward()
-    torch.testing.assert_close(a.grad, a2.grad, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(b.grad, b2.grad, rtol=1e-5, atol=1e-7)
-    # the check can fail: letting gradient through both sides gives a different gradient
+    a = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = symmetric_kl(a, b)
+    loss.backward()
+    # each side is pulled towards the other's detached distribution: d/da = 0.5 (p_a - p_b) / B
+    pa, pb = a.detach().softmax(-1), b.detach().softmax(-1)
+    torch.testing.assert_close(a.grad.double(), 0.5 * (pa - pb) / 4, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(b.grad.double(), 0.5 * (pb - pa) / 4, rtol=1e-6, atol=1e-7)
+    # the check can fail: gradient through both sides of each KL is a different gradient
     a3 = a.detach().clone().requires_grad_(True)
-    pa, pb = a3.softmax(-1), b.detach().softmax(-1)
-    (_kl(pa, pb) + _kl(pb, pa)).mean().backward()
+    q = b.detach().softmax(-1)
+    (0.5 * (_kl(a3.softmax(-1), q) + _kl(q, a3.softmax(-1)))).mean().backward()
     assert not torch.allclose(a3.grad, a.grad, rtol=1e-3, atol=1e-6)
-    # and so does the other convention, F.kl_div(log p_a, sg p_b) = KL(sg p_b || p_a)
-    a4 = a.detach().clone().requires_grad_(True)
-    F.kl_div(a4.log_softmax(-1), pb, reduction="batchmean").backward()
-    assert not torch.allclose(a4.grad, a.grad, rtol=1e-3, atol=1e-6)
+    # and the reference's own expression, written out with torch's kl_div, agrees in value
+    ref = 0.5 * (
+        F.kl_div(a.log_softmax(-1), b.softmax(-1).detach(), reduction="batchmean")
+        + F.kl_div(b.log_softmax(-1), a.softmax(-1).detach(), reduction="batchmean")
+    )
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_symmetric_kl_upcasts_bf16_and_checks_shapes() -> None:

@@ -41,7 +41,8 @@ def make_projection(
     route_seed: int,
     bias: bool = True,
 ) -> nn.Module:
-    """A dense ``nn.Linear`` or, when ``split``, a :class:`MoSALinear` with the config's options."""
+    """A dense ``nn.Linear`` or, when ``split``, a :class:`MoSALinear` with the config's options
+    (per-expert biases when ``config.bias == "expert"``)."""
     if not split:
         return dense_linear(in_features, out_features, init, generator, bias)
     return MoSALinear(
@@ -49,6 +50,7 @@ def make_projection(
         out_features,
         num_experts=config.num_experts,
         bias=bias,
+        expert_bias=bias and config.bias == "expert",
         init=init,
         granularity=config.granularity,
         merge=config.merge,
@@ -67,7 +69,11 @@ class Adapter(nn.Module):
     * ``parallel``: added to the output of the hooked module, fed by the module's input or,
       with a tap, by the input of another module (AdaptFormer on ViT reads the residual
       stream before ``norm2`` and adds after ``ls2``);
-    * ``sequential``: ``h + adapter(h)`` on the hooked module's output (Pfeiffer, Houlsby).
+    * ``sequential``: ``h + adapter(h)`` on the hooked module's output (Pfeiffer, Houlsby
+      after the block);
+    * ``residual``: the residual stream ``s`` at a tap becomes ``s + adapter(s)`` (Houlsby after
+      attention): the tap's input is replaced and ``adapter(s)`` is added to the output of the
+      branch that the block adds back onto ``s``.
     """
 
     def __init__(
@@ -97,7 +103,7 @@ class Adapter(nn.Module):
             route_seed=route_seed,
         )
         self.act = _ACTIVATIONS[style]()
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.adapter_dropout)
         self.up = make_projection(
             r,
             dim,
@@ -128,6 +134,16 @@ class Adapter(nn.Module):
             raise RuntimeError("adapter tap was not filled: the block's forward order changed")
         h = self(x)
         return output + (h.movedim(-1, 1) if self.to_nchw else h)
+
+    def residual_tap_hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        self._tapped = self(args[0])
+        return (args[0] + self._tapped, *args[1:])
+
+    def residual_add_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        h, self._tapped = self._tapped, None
+        if h is None:
+            raise RuntimeError("adapter tap was not filled: the block's forward order changed")
+        return output + h
 
     def parallel_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return output + self(args[0])

@@ -20,7 +20,13 @@ class MoSALinear(nn.Module):
     batch; ``"sample"``: one pick per item of the leading dimension), so only that expert's
     entries receive gradient. In eval, the merged weight (``mean`` or ``sum`` of the experts) is
     used. ``W0`` is stored only when it is non-zero (a zero-initialised projection needs none),
-    so the module never holds N copies. The bias is dense and trained every step.
+    so the module never holds N copies.
+
+    The bias is dense and trained every step, or, with ``expert_bias``, one bias per expert
+    (shape ``(N, out)``, the reference code's layout): the picked expert's row is used and
+    trained, and the merge takes their mean (or sum). ``init_scale`` (only stored with ``W0``)
+    is expert ``k``'s factor on ``W0`` outside its entries: 1 until an optimizer's decoupled
+    weight decay shrinks it, as it shrinks the untrained part of an N-copy expert.
     """
 
     def __init__(
@@ -30,6 +36,7 @@ class MoSALinear(nn.Module):
         *,
         num_experts: int,
         bias: bool = True,
+        expert_bias: bool = False,
         init: str = "zero",
         granularity: str = "element",
         merge: str = "mean",
@@ -49,13 +56,19 @@ class MoSALinear(nn.Module):
         elif init != "zero":
             raise ValueError(f"init must be 'zero' or 'kaiming', got {init!r}")
         self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        if expert_bias and not bias:
+            raise ValueError("expert_bias needs bias=True")
+        self.expert_bias = expert_bias
+        bias_shape = (num_experts, out_features) if expert_bias else (out_features,)
+        self.bias = nn.Parameter(torch.zeros(bias_shape)) if bias else None
         owner = make_partition((out_features, in_features), num_experts, granularity, generator)
         self.register_buffer("owner", owner)
         if init == "zero":
             self.weight_init: torch.Tensor | None = None
+            self.init_scale: torch.Tensor | None = None
         else:
             self.register_buffer("weight_init", weight.detach().clone())
+            self.register_buffer("init_scale", torch.ones(num_experts))
         self._route_gen = torch.Generator().manual_seed(int(route_seed))
         self.last_expert: torch.Tensor | int | None = None
         # batch size of the model's current input (set by a model pre-hook in sample routing),
@@ -69,15 +82,38 @@ class MoSALinear(nn.Module):
         mask = self.owner == k
         if self.weight_init is None:
             return self.weight * mask
-        return torch.where(mask, self.weight, self.weight_init)
+        return torch.where(mask, self.weight, self.init_scale[k] * self.weight_init)
+
+    def expert_bias_of(self, k: int) -> torch.Tensor | None:
+        """The bias expert ``k`` applies (the shared one unless biases are per expert)."""
+        return self.bias[k] if self.expert_bias else self.bias
+
+    def expert_masks(self, picks: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+        """Bool masks of what experts ``picks`` own: weight entries and per-expert bias rows."""
+        picks = picks.to(self.owner.device).long()
+        out = {self.weight: torch.isin(self.owner.long(), picks)}
+        if self.expert_bias and self.bias is not None:
+            rows = torch.zeros(self.num_experts, dtype=torch.bool, device=self.bias.device)
+            rows[picks.to(rows.device)] = True
+            out[self.bias] = rows.unsqueeze(1).expand_as(self.bias)
+        return out
 
     def merged_weight(self) -> torch.Tensor:
-        """Mean (or sum) of the N experts: ((N-1)·W0 + Θ)/N, or (N-1)·W0 + Θ."""
-        n = self.num_experts
-        total = (
-            self.weight if self.weight_init is None else self.weight + (n - 1) * self.weight_init
-        )
-        return total / n if self.merge_rule == "mean" else total
+        """Mean (or sum) of the N experts: ((N-1)·W0 + Θ)/N, or (N-1)·W0 + Θ.
+
+        With a decayed ``init_scale`` s, entry e sums Θ_e and s_k·W0_e over the N-1 experts k
+        that do not own it."""
+        total = self.weight
+        if self.weight_init is not None:
+            others = self.init_scale.sum() - self.init_scale[self.owner.long()]
+            total = total + others * self.weight_init
+        return total / self.num_experts if self.merge_rule == "mean" else total
+
+    def merged_bias(self) -> torch.Tensor | None:
+        """The bias of the merged projection: per-expert biases merge by the same rule."""
+        if not self.expert_bias or self.bias is None:
+            return self.bias
+        return self.bias.mean(0) if self.merge_rule == "mean" else self.bias.sum(0)
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the merged weight (the deployable form)."""
@@ -92,7 +128,7 @@ class MoSALinear(nn.Module):
         with torch.no_grad():
             lin.weight.copy_(self.merged_weight())
             if self.bias is not None:
-                lin.bias.copy_(self.bias)
+                lin.bias.copy_(self.merged_bias())
         lin.weight.requires_grad_(self.weight.requires_grad)
         if lin.bias is not None and self.bias is not None:
             lin.bias.requires_grad_(self.bias.requires_grad)
@@ -111,7 +147,7 @@ class MoSALinear(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return F.linear(x, self.merged_weight(), self.bias)
+            return F.linear(x, self.merged_weight(), self.merged_bias())
         g = self.groups
         if g > 1 and (x.dim() < 2 or x.shape[0] % g):
             raise ValueError(
@@ -122,7 +158,7 @@ class MoSALinear(nn.Module):
             if g == 1:
                 k = int(self._draw(1))
                 self.last_expert = k
-                return F.linear(x, self.expert_weight(k), self.bias)
+                return F.linear(x, self.expert_weight(k), self.expert_bias_of(k))
             # one draw per copy, in order: the same sequence as g separate forwards
             picks = torch.cat([self._draw(1) for _ in range(g)])
             self.last_expert = picks
@@ -135,7 +171,12 @@ class MoSALinear(nn.Module):
         if self.bias is None:
             out = torch.bmm(flat, w.transpose(1, 2))
         else:  # fused bias: a separate add (and its backward reduction) costs ~1% of a ViT step
-            out = torch.baddbmm(self.bias, flat, w.transpose(1, 2))
+            bias = (
+                self.bias[picks.to(self.bias.device)].unsqueeze(1)
+                if self.expert_bias
+                else self.bias
+            )
+            out = torch.baddbmm(bias, flat, w.transpose(1, 2))
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _sample_picks(self, rows: int) -> torch.Tensor:
@@ -151,13 +192,17 @@ class MoSALinear(nn.Module):
 
     def _expert_stack(self, picks: torch.Tensor) -> torch.Tensor:
         """The dense weights of experts ``picks``, stacked: ``(len(picks), out, in)``."""
-        masks = self.owner.unsqueeze(0) == picks.to(self.owner.device).view(-1, 1, 1)
-        init = self.weight_init if self.weight_init is not None else self.weight.new_zeros(())
+        picks = picks.to(self.owner.device)
+        masks = self.owner.unsqueeze(0) == picks.view(-1, 1, 1)
+        if self.weight_init is None:
+            init = self.weight.new_zeros(())
+        else:
+            init = self.init_scale[picks].view(-1, 1, 1) * self.weight_init
         return torch.where(masks, self.weight.unsqueeze(0), init)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"num_experts={self.num_experts}, merge={self.merge_rule}, routing={self.routing}, "
-            f"stores_init={self.weight_init is not None}"
+            f"expert_bias={self.expert_bias}, stores_init={self.weight_init is not None}"
         )

@@ -20,8 +20,11 @@ class AdapterSite:
     name: str  # submodule name the adapter is registered under, on ``block``
     dim: int
     hooked: nn.Module  # module whose output receives the adapter
-    mode: str  # "parallel" | "parallel_tap" | "sequential"
-    tap: nn.Module | None = None  # module whose input feeds a "parallel_tap" adapter
+    # "parallel" | "parallel_tap" | "sequential" | "residual": the adapter reads the residual
+    # stream s at ``tap``'s input and makes it s + A(s) (``tap`` then sees s + A(s), and A(s)
+    # is added to ``hooked``'s output, the branch that timm adds back onto s)
+    mode: str
+    tap: nn.Module | None = None  # module whose input feeds a "parallel_tap"/"residual" adapter
     channels_first: bool = False
     to_nchw: bool = False
 
@@ -118,9 +121,15 @@ def _vit_sites(block: nn.Module, style: str) -> list[AdapterSite]:
         return [AdapterSite("mosa_adapter", dim, block.ls2, "parallel_tap", tap=block.norm2)]
     if style == "pfeiffer":
         return [AdapterSite("mosa_adapter", dim, block.mlp, "sequential")]
+    return _houlsby_sites(block, dim, block.ls2)
+
+
+def _houlsby_sites(block: nn.Module, dim: int, mlp_branch: nn.Module) -> list[AdapterSite]:
+    # as in the reference code, both adapters read the post-residual stream: after the
+    # attention sub-layer's residual add (the input of norm2) and after the block
     return [
-        AdapterSite("mosa_adapter_attn", dim, block.attn, "sequential"),
-        AdapterSite("mosa_adapter", dim, block.mlp, "sequential"),
+        AdapterSite("mosa_adapter_attn", dim, mlp_branch, "residual", tap=block.norm2),
+        AdapterSite("mosa_adapter", dim, block, "sequential"),
     ]
 
 
@@ -148,10 +157,7 @@ def _swin_sites(block: nn.Module, style: str) -> list[AdapterSite]:
         return [AdapterSite("mosa_adapter", dim, block.mlp, "parallel")]
     if style == "pfeiffer":
         return [AdapterSite("mosa_adapter", dim, block.mlp, "sequential")]
-    return [
-        AdapterSite("mosa_adapter_attn", dim, block.attn, "sequential"),
-        AdapterSite("mosa_adapter", dim, block.mlp, "sequential"),
-    ]
+    return _houlsby_sites(block, dim, block.mlp)
 
 
 register_architecture(

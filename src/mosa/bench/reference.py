@@ -1,7 +1,11 @@
-"""Reference-style MoSA: N full copies of each split projection, for cost comparison only.
+"""Reference-style MoSA: N full copies of each split projection, for cost and parity checks.
 
 This mirrors how the paper's code implements MoSA, so the benchmark can show what the library's
-single-tensor :class:`mosa.adapters.sparse.MoSALinear` saves. Each split projection is N separate
+single-tensor :class:`mosa.adapters.sparse.MoSALinear` saves, and the parity tests can train
+both side by side (:func:`to_reference` turns every ``MoSALinear`` of a model into its N-copy
+twin, which trained with ``torch.optim.AdamW`` is the paper's optimizer: ``zero_grad`` leaving
+zero gradients for the reference mode, ``None`` ones for the expert-local mode). Each split
+projection is N separate
 ``nn.Linear`` experts (weight and bias, all trainable parameters, all with optimizer state once
 picked) plus a frozen merge copy; expert ``i`` owns the entries where ``owner == i`` and a float
 mask per expert (as the reference code keeps) zeroes every other entry of its weight gradient
@@ -17,13 +21,13 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from typing import Any
 
 import torch
 from torch import nn
 
 from mosa.adapters.partition import make_partition
+from mosa.adapters.sparse import MoSALinear
 from mosa.backbones.arch import find_architecture
 from mosa.model import head_module_name
 
@@ -31,7 +35,12 @@ REF_PREFIX = "refmosa_"  # submodule names; deliberately not "mosa_" so mosa's o
 
 
 class ReferenceSplitLinear(nn.Module):
-    """One projection as N full ``nn.Linear`` experts plus a merge copy (the N-copy layout)."""
+    """One projection as N full ``nn.Linear`` experts plus a merge copy (the N-copy layout).
+
+    ``bias``: ``"expert"`` (each copy owns a bias: the reference), ``"shared"`` (one dense bias
+    outside the copies) or ``None``. Picks come from a seeded ``torch.Generator`` drawn exactly
+    as :class:`MoSALinear` draws them, so twins built by :meth:`from_mosa` pick alike.
+    """
 
     def __init__(
         self,
@@ -43,26 +52,62 @@ class ReferenceSplitLinear(nn.Module):
         owner: torch.Tensor,
         seed: int,
         generator: torch.Generator | None = None,
+        bias: str | None = "expert",
     ) -> None:
         super().__init__()
-        base = nn.Linear(in_features, out_features)
+        if bias not in ("expert", "shared", None):
+            raise ValueError(f"bias must be 'expert', 'shared' or None, got {bias!r}")
+        base = nn.Linear(in_features, out_features, bias=bias == "expert")
         with torch.no_grad():
             if init == "kaiming":
                 nn.init.kaiming_uniform_(base.weight, a=math.sqrt(5), generator=generator)
             else:
                 base.weight.zero_()
-            base.bias.zero_()
+            if base.bias is not None:
+                base.bias.zero_()
         self.num_experts = num_experts
         self.experts = nn.ModuleList(copy.deepcopy(base) for _ in range(num_experts))
-        self.merged = copy.deepcopy(base).requires_grad_(False)
+        self.merged = torch.nn.utils.skip_init(
+            nn.Linear, in_features, out_features, bias=bias is not None
+        ).requires_grad_(False)
+        self.shared_bias = nn.Parameter(torch.zeros(out_features)) if bias == "shared" else None
         # one float mask per expert, resident but (like the reference's ``weight.mask``
         # attributes) not part of the checkpoint
         masks = torch.stack([(owner == i).to(base.weight.dtype) for i in range(num_experts)])
         self.register_buffer("masks", masks, persistent=False)
         for i, expert in enumerate(self.experts):
             expert.weight.register_post_accumulate_grad_hook(self._masker(i))
-        self._rng = random.Random(seed)
+        self._gen = torch.Generator().manual_seed(int(seed))
         self.last_expert: int | None = None
+        self.merge()
+
+    @classmethod
+    @torch.no_grad()
+    def from_mosa(cls, m: MoSALinear) -> ReferenceSplitLinear:
+        """The N-copy twin of ``m``: copy k holds expert k's weight and bias, and the routing
+        generator continues from ``m``'s state."""
+        if m.merge_rule != "mean" or m.routing != "batch":
+            raise ValueError("the reference code merges by the mean and routes per batch")
+        bias = None if m.bias is None else ("expert" if m.expert_bias else "shared")
+        ref = cls(
+            m.in_features,
+            m.out_features,
+            num_experts=m.num_experts,
+            init="zero",
+            owner=m.owner,
+            seed=0,
+            bias=bias,
+        ).to(device=m.weight.device, dtype=m.weight.dtype)
+        for k, expert in enumerate(ref.experts):
+            expert.weight.copy_(m.expert_weight(k))
+            if m.expert_bias:
+                expert.bias.copy_(m.bias[k])
+        if ref.shared_bias is not None:
+            ref.shared_bias.copy_(m.bias)
+        ref._gen.set_state(m.get_rng_state())
+        ref.train(m.training)
+        ref.merge()
+        return ref
 
     def _masker(self, i: int) -> Any:
         def hook(param: torch.Tensor) -> None:
@@ -74,21 +119,35 @@ class ReferenceSplitLinear(nn.Module):
 
     def forward_expert(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """The output of expert ``k`` alone (training path, without a random pick)."""
-        return self.experts[k](x)
+        out = self.experts[k](x)
+        return out if self.shared_bias is None else out + self.shared_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.merged(x)
-        k = self._rng.randrange(self.num_experts)
+        k = int(torch.randint(self.num_experts, (1,), generator=self._gen))
         self.last_expert = k
         return self.forward_expert(x, k)
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Merge copy := mean of the experts' weights and biases."""
+        """Merge copy := mean of the experts' weights and biases (or the shared bias)."""
         n = self.num_experts
         self.merged.weight.copy_(sum(e.weight for e in self.experts) / n)
-        self.merged.bias.copy_(sum(e.bias for e in self.experts) / n)
+        if self.shared_bias is not None:
+            self.merged.bias.copy_(self.shared_bias)
+        elif self.merged.bias is not None:
+            self.merged.bias.copy_(sum(e.bias for e in self.experts) / n)
+
+
+def to_reference(model: nn.Module) -> nn.Module:
+    """Replace every :class:`MoSALinear` in ``model`` by its N-copy twin, in place (the
+    surrounding adapter or LoRA modules stay), and return the model."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MoSALinear):
+                setattr(parent, name, ReferenceSplitLinear.from_mosa(child))
+    return model
 
 
 class ReferenceMoSAAdapter(nn.Module):
@@ -258,4 +317,5 @@ __all__ = [
     "reference_adapters",
     "reference_state_dict",
     "reference_stored_elements",
+    "to_reference",
 ]

@@ -41,6 +41,7 @@ import mosa
 from mosa.adapters.sparse import MoSALinear
 from mosa.bench.flops import ViTShape, measure_matmul_rate, vit_train_flops
 from mosa.bench.reference import ReferenceSplitLinear, inject_reference, reference_state_dict
+from mosa.engine.losses import symmetric_kl
 from mosa.model import adapter_state_dict, forward_twice
 
 # ------------------------------------------------------------------------------------ settings
@@ -165,15 +166,6 @@ PRESETS: dict[str, Preset] = {
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """KL(sg(p_b) || p_a) + KL(sg(p_a) || p_b), batch mean: each side against the other's
-    detached distribution."""
-    la, lb = F.log_softmax(a.float(), -1), F.log_softmax(b.float(), -1)
-    kl_a = F.kl_div(la, lb.detach(), log_target=True, reduction="batchmean")
-    kl_b = F.kl_div(lb, la.detach(), log_target=True, reduction="batchmean")
-    return kl_a + kl_b
 
 
 @dataclass

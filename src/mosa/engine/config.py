@@ -68,15 +68,22 @@ class OptimConfig:
     batch_size: int = 128
     label_smoothing: float = 0.0
     grad_clip: float | None = None
-    # MoSA consistency regularisation: None = 1.0 for mosa/mosa_lora, 0 for the rest
+    # MoSA consistency regularisation (R-Drop form, see losses.symmetric_kl):
+    # None = 1.0 for mosa/mosa_lora, 0 for the rest
     consistency: float | None = None
-    deep_consistency: float = 0.0  # weight of the hidden-state MSE of the first blocks
-    deep_consistency_blocks: int = 1
+    # deep consistency: consistency * deep_consistency * mean over the first
+    # deep_consistency_blocks blocks of MSE(h_a, h_b); the reference (Stanford Cars) uses
+    # 0.01 over 6 blocks; 0 = off
+    deep_consistency: float = 0.0
+    deep_consistency_blocks: int = 6
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU; "bf16" | "off"
     min_lr: float = 0.0
-    # MoSA: AdamW moves, decays and step-counts only the entries of the experts picked in a
-    # step (as N separate expert copies would); False: plain AdamW on the whole split tensor
-    sparse_updates: bool = True
+    eps: float = 1e-8  # AdamW's eps (the reference code uses 1e-6)
+    # MoSA split projections: "local" = an expert is updated, decayed and step-counted only in
+    # steps where it was picked (N copies without gradient when unused); "reference" = the
+    # paper's code on torch 1.11: every expert picked at least once keeps getting AdamW
+    # updates (momentum, weight decay) every step
+    expert_updates: str = "local"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OptimConfig:
         _check_keys(cls, kwargs)
@@ -93,6 +100,12 @@ class OptimConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"optim.batch_size must be >= 1, got {self.batch_size}")
+        if self.expert_updates not in ("local", "reference"):
+            raise ConfigError(
+                f"optim.expert_updates must be local or reference, got {self.expert_updates!r}"
+            )
+        if not self.eps > 0:
+            raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"optim.amp must be auto, bf16 or off, got {self.amp!r}")
         if self.consistency is not None and self.consistency < 0:
@@ -141,7 +154,7 @@ class TrainConfig:
         if isinstance(self.method, dict):
             self.method = MethodConfig.from_dict(self.method)
         if isinstance(self.optim, dict):
-            self.optim = OptimConfig(**self.optim)
+            self.optim = OptimConfig(**_legacy_optim(self.optim))
         if isinstance(self.data, (dict, DataConfig)):
             self.data = [self.data]
         self.data = [DataConfig(**d) if isinstance(d, dict) else d for d in self.data]
@@ -174,6 +187,12 @@ class TrainConfig:
         return len(self.data) > 1
 
     @property
+    def deep_consistency_weight(self) -> float:
+        """The hidden-state term's weight: the reference adds it inside the consistency
+        weight, so it is off whenever consistency is."""
+        return self.consistency_weight * float(self.optim.deep_consistency)
+
+    @property
     def consistency_weight(self) -> float:
         if self.optim.consistency is not None:
             return float(self.optim.consistency)
@@ -187,6 +206,16 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**d)
+
+
+def _legacy_optim(d: dict[str, Any]) -> dict[str, Any]:
+    """Read configs written before ``expert_updates`` replaced ``sparse_updates``."""
+    if "sparse_updates" not in d:
+        return d
+    d = dict(d)
+    legacy = d.pop("sparse_updates")
+    d.setdefault("expert_updates", "local" if legacy else "reference")
+    return d
 
 
 def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:

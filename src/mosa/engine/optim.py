@@ -1,11 +1,15 @@
-"""Optimiser and learning-rate schedule: AdamW with expert-local MoSA updates, warm-up + cosine.
+"""Optimiser and learning-rate schedule: AdamW with expert-wise MoSA updates, warm-up + cosine.
 
-MoSA keeps the N experts of a split projection in ONE tensor. With plain AdamW, entries of the
-experts that were not picked in a step still move (their zero gradient leaves Adam's momentum
-running) and decay. :class:`SparseAdamW` instead updates, decays and counts steps only for the
-entries of the experts picked in that step, which is what N separate expert copies, each with
-its own AdamW state and no gradient when unused, would do. ``OptimConfig.sparse_updates=False``
-falls back to plain AdamW on the whole tensor.
+MoSA keeps the N experts of a split projection in ONE tensor. :class:`SparseAdamW` updates it
+as the reference code's N separate expert copies would be updated by AdamW, in one of two modes
+(``OptimConfig.expert_updates``):
+
+* ``"local"``: an expert's entries (its weight entries, its bias row when biases are per expert,
+  and its decayed copy of the initial weight) are updated, decayed and step-counted only in the
+  steps where it was picked: N copies whose gradients are ``None`` when unused.
+* ``"reference"``: the paper's code on torch 1.11, whose ``zero_grad()`` left zero gradients, so
+  from its first pick on an expert copy gets an AdamW update every step (momentum keeps moving
+  it, weight decay shrinks it), with its own step count for the bias correction.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from torch import nn
 
 from mosa.adapters.sparse import MoSALinear
 from mosa.engine.config import OptimConfig
+
+EXPERT_UPDATES = ("local", "reference")
 
 
 # ----------------------------------------------------------------------------- parameter groups
@@ -45,15 +51,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> SparseAdamW:
-    """AdamW over the trainable parameters of ``model`` (unwrapped, not the DDP wrapper)."""
+    """AdamW over the trainable parameters of ``model`` (unwrapped, not the DDP wrapper), with
+    the split projections updated expert-wise in ``cfg.expert_updates`` mode."""
     groups = param_groups(model, cfg.weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters: was mosa.inject called?")
-    masked: list[nn.Parameter] = []
-    if cfg.sparse_updates:
-        masked = [m.weight for m in model.modules() if isinstance(m, MoSALinear)]
-        masked = [p for p in masked if p.requires_grad]
-    return SparseAdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, masked=masked)
+    experts = [m for m in model.modules() if isinstance(m, MoSALinear) and m.weight.requires_grad]
+    return SparseAdamW(
+        groups,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        eps=cfg.eps,
+        experts=experts,
+        mode=cfg.expert_updates,
+    )
 
 
 # ----------------------------------------------------------------------------- expert tracking
@@ -73,13 +84,13 @@ class ExpertTracker:
         self._picked.setdefault(id(module), set()).update(picks)
 
     def masks(self) -> dict[nn.Parameter, torch.Tensor]:
-        """For each split weight used since the reset: a bool mask of its picked experts' entries."""
+        """For each split projection used since the reset: bool masks of what its picked
+        experts own (weight entries, and bias rows when biases are per expert)."""
         out: dict[nn.Parameter, torch.Tensor] = {}
         for m in self.modules:
             picks = self._picked.get(id(m))
             if picks:
-                chosen = torch.tensor(sorted(picks), dtype=m.owner.dtype, device=m.owner.device)
-                out[m.weight] = torch.isin(m.owner, chosen)
+                out.update(m.expert_masks(torch.tensor(sorted(picks))))
         return out
 
     def reset(self) -> None:
@@ -95,10 +106,14 @@ class SparseAdamW(torch.optim.AdamW):
     """``torch.optim.AdamW`` whose ``masked`` parameters are updated entry-wise under a mask.
 
     Before each :meth:`step`, :meth:`set_active` gives, per masked parameter, the bool mask of
-    entries that took part in the step (the picked experts' entries). Only those entries get
-    the AdamW update, the decoupled weight decay, the moment updates and a step count (kept
-    per entry in ``step_map`` for the bias correction). A masked parameter without a mask is
-    updated densely, by the same formula. Other parameters go through torch's AdamW unchanged.
+    entries that took part in the step (the picked experts' entries). In ``mode="local"`` only
+    those entries get the AdamW update, the decoupled weight decay, the moment updates and a
+    step count (kept per entry in ``step_map`` for the bias correction); in
+    ``mode="reference"`` every entry that was ever active does (see the module docstring). A
+    masked parameter without a mask is updated densely, by the same formula. ``experts``
+    (split projections) adds their weights and per-expert biases to ``masked`` and decays each
+    active expert's ``init_scale`` with the weight's decoupled weight decay. Other parameters
+    go through torch's AdamW unchanged.
     """
 
     def __init__(
@@ -106,10 +121,21 @@ class SparseAdamW(torch.optim.AdamW):
         params: Iterable[Any],
         *,
         masked: Iterable[nn.Parameter] = (),
+        experts: Iterable[MoSALinear] = (),
+        mode: str = "local",
         **kwargs: Any,
     ) -> None:
         super().__init__(params, **kwargs)
+        if mode not in EXPERT_UPDATES:
+            raise ValueError(f"mode must be one of {', '.join(EXPERT_UPDATES)}, got {mode!r}")
+        self.mode = mode
         self._masked = {id(p) for p in masked}
+        self._experts: dict[int, MoSALinear] = {}
+        for m in experts:
+            self._masked.add(id(m.weight))
+            self._experts[id(m.weight)] = m
+            if m.expert_bias and m.bias is not None and m.bias.requires_grad:
+                self._masked.add(id(m.bias))
         self._active: dict[int, torch.Tensor] = {}
         for g in self.param_groups:
             if g.get("amsgrad") or g.get("maximize"):
@@ -137,9 +163,19 @@ class SparseAdamW(torch.optim.AdamW):
             for p, g, _ in held:
                 p.grad = g
         for p, g, group in held:
-            self._masked_update(p, g, group, self._active.get(id(p)))
+            active = self._masked_update(p, g, group, self._active.get(id(p)))
+            module = self._experts.get(id(p))
+            if module is not None and module.init_scale is not None and group["weight_decay"]:
+                self._decay_init(module, active, group["lr"] * group["weight_decay"])
         self._active = {}
         return loss
+
+    @staticmethod
+    def _decay_init(module: MoSALinear, active: torch.Tensor, rate: float) -> None:
+        """Decay the initial-weight copy of every expert that owns an active entry."""
+        owners = module.owner.long()[active]
+        hit = torch.bincount(owners, minlength=module.num_experts) > 0
+        module.init_scale[hit] *= 1.0 - rate  # a Python float, as torch's AdamW decays
 
     def _masked_update(
         self,
@@ -147,7 +183,9 @@ class SparseAdamW(torch.optim.AdamW):
         grad: torch.Tensor,
         group: dict[str, Any],
         mask: torch.Tensor | None,
-    ) -> None:
+    ) -> torch.Tensor:
+        """One AdamW update of the ``mask`` entries (widened to every entry ever updated in
+        reference mode); returns the mask of entries it updated."""
         state = self.state[p]
         if not state:
             # "step" (updates with any active entry) keeps torch's state layout valid for
@@ -156,23 +194,26 @@ class SparseAdamW(torch.optim.AdamW):
             state["step_map"] = torch.zeros_like(p, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
+        steps = state["step_map"]
         if mask is None:
             mask = torch.ones_like(p, dtype=torch.bool)
+        if self.mode == "reference":
+            mask = mask | (steps > 0)
         beta1, beta2 = group["betas"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         state["step"] += 1
-        steps = state["step_map"]
         steps.add_(mask.to(steps.dtype))
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m.copy_(torch.where(mask, m * beta1 + grad * (1 - beta1), m))
         v.copy_(torch.where(mask, v * beta2 + grad * grad * (1 - beta2), v))
         # entries never updated have steps == 0; clamp keeps their (unused) bias terms finite
-        t = steps.clamp(min=1.0)
+        t = steps.clamp(min=1.0).to(p.dtype)
         bc1 = 1 - beta1**t
         bc2 = 1 - beta2**t
-        denom = (v / bc2).sqrt() + eps
-        new = p * (1 - lr * wd) - lr * (m / bc1) / denom
+        denom = v.sqrt() / bc2.sqrt() + eps
+        new = p * (1 - lr * wd) - (lr / bc1) * m / denom
         p.copy_(torch.where(mask, new, p))
+        return mask
 
 
 # ----------------------------------------------------------------------------- schedule

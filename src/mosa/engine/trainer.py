@@ -446,7 +446,7 @@ class _Run:
         try:
             self.capture = (
                 _HiddenCapture(model, ocfg.deep_consistency_blocks)
-                if ocfg.deep_consistency > 0
+                if self.config.deep_consistency_weight > 0
                 else None
             )
             self.two_pass = self.consistency > 0 or self.capture is not None
@@ -678,7 +678,7 @@ class _Run:
             if self.capture is not None:
                 halves = [h.chunk(2) for h in self.capture.take()]
                 deep = hidden_consistency([a for a, _ in halves], [b for _, b in halves])
-                loss = loss + ocfg.deep_consistency * deep
+                loss = loss + self.config.deep_consistency_weight * deep
         loss.backward()
         if ocfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, ocfg.grad_clip)
