@@ -904,16 +904,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = _add_sub(
         subs,
         "bench",
-        "benchmarks (speed, accuracy)",
+        "benchmarks (speed, accuracy, study)",
         "Run a benchmark suite; arguments after the suite name go to the suite itself.",
         [
             "mosa bench speed --device cpu --out runs/bench_speed.json",
             "mosa bench speed --help",
             "mosa bench accuracy --out runs/bench_accuracy",
+            "mosa bench study --out runs/study",
         ],
         common,
     )
-    s.add_argument("suite", choices=("speed", "accuracy"))
+    s.add_argument("suite", choices=("speed", "accuracy", "study"))
     s.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the suite")
     s.set_defaults(func=cmd_bench)
 

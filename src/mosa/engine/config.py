@@ -84,6 +84,10 @@ class OptimConfig:
     # paper's code on torch 1.11: every expert picked at least once keeps getting AdamW
     # updates (momentum, weight decay) every step
     expert_updates: str = "local"
+    # lr multiplier for the split projections' tensors (our option, not the paper's): each
+    # entry is trained in 1/N of the steps and the merge divides by N, so the merged weight
+    # moves more slowly than a dense adapter's at the same lr
+    expert_lr_scale: float = 1.0
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OptimConfig:
         _check_keys(cls, kwargs)
@@ -104,6 +108,8 @@ class OptimConfig:
             raise ConfigError(
                 f"optim.expert_updates must be local or reference, got {self.expert_updates!r}"
             )
+        if not self.expert_lr_scale > 0:
+            raise ConfigError(f"optim.expert_lr_scale must be > 0, got {self.expert_lr_scale}")
         if not self.eps > 0:
             raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
         if self.amp not in ("auto", "bf16", "off"):

@@ -50,6 +50,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def _scale_expert_lr(
+    groups: list[dict[str, Any]], experts: list[MoSALinear], lr: float
+) -> list[dict[str, Any]]:
+    """Move the split projections' tensors into groups of their own with learning rate ``lr``."""
+    split = {id(t) for m in experts for t in (m.weight, m.bias) if t is not None}
+    out: list[dict[str, Any]] = []
+    for g in groups:
+        mine = [p for p in g["params"] if id(p) in split]
+        rest = [p for p in g["params"] if id(p) not in split]
+        if rest:
+            out.append({**g, "params": rest})
+        if mine:
+            out.append({**g, "params": mine, "lr": lr, "group": f"expert_{g['group']}"})
+    return out
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> SparseAdamW:
     """AdamW over the trainable parameters of ``model`` (unwrapped, not the DDP wrapper), with
     the split projections updated expert-wise in ``cfg.expert_updates`` mode."""
@@ -57,6 +73,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> SparseAdamW:
     if not groups:
         raise ValueError("the model has no trainable parameters: was mosa.inject called?")
     experts = [m for m in model.modules() if isinstance(m, MoSALinear) and m.weight.requires_grad]
+    if cfg.expert_lr_scale != 1.0:
+        groups = _scale_expert_lr(groups, experts, cfg.lr * cfg.expert_lr_scale)
     return SparseAdamW(
         groups,
         lr=cfg.lr,
