@@ -6,6 +6,7 @@ the library's properties can be checked on real timm classes rather than on mock
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -86,6 +87,21 @@ def eval_loss(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor] | None =
     x, y = data if data is not None else colour_data()
     model.eval()
     return float(F.cross_entropy(model(x), y))
+
+
+def missing_data(reason: str) -> None:
+    """Skip a test whose real data is not installed, except where ``MOSA_REQUIRE_DATA=1``
+    (CI installs the data, so a missing data set must fail there, not pass silently)."""
+    if os.environ.get("MOSA_REQUIRE_DATA") == "1":
+        pytest.fail(f"{reason}, but MOSA_REQUIRE_DATA=1 requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def data_missing() -> Callable[[str], None]:
+    """``data_missing(reason)``: skip, or fail under ``MOSA_REQUIRE_DATA=1`` (see
+    :func:`missing_data`)."""
+    return missing_data
 
 
 @pytest.fixture(autouse=True)

@@ -450,3 +450,31 @@ def test_refused_load_leaves_the_model_untouched(make_model: MakeModel, saved: P
         mosa.load_adapter(model, saved)
     assert getattr(model, "mosa_config", None) is None
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_saved_partitions_are_the_ones_loaded(
+    make_model: MakeModel, train: Callable, images: torch.Tensor, tmp_path: Path
+) -> None:
+    """A trained model whose partition differs from what its seed draws: loading must restore
+    the saved partition (the seed would rebuild another one)."""
+    cfg = MethodConfig(method="mosa", share="none", num_experts=4)
+    model = mosa.inject(make_model("vit"), cfg)
+    with torch.no_grad():
+        for m in mosa.model.mosa_modules(model):
+            m.owner.copy_((m.owner + 1) % m.num_experts)  # another valid partition
+    train(model, 3, lr=3e-2)
+    mosa.save_adapter(model, tmp_path / "a")
+    drawn = mosa.inject(make_model("vit"), cfg)  # what the seed alone gives
+    fresh = mosa.load_adapter(make_model("vit"), tmp_path / "a")
+    pairs = zip(
+        mosa.model.mosa_modules(model),
+        mosa.model.mosa_modules(fresh),
+        mosa.model.mosa_modules(drawn),
+        strict=True,
+    )
+    for saved, loaded, seeded in pairs:
+        assert torch.equal(loaded.owner, saved.owner)
+        assert not torch.equal(loaded.owner, seeded.owner)
+        for k in range(4):  # every expert, as training would resume it
+            assert torch.equal(loaded.expert_weight(k), saved.expert_weight(k))
+    torch.testing.assert_close(eval_out(fresh, images), eval_out(model, images), rtol=0, atol=1e-6)

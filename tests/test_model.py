@@ -224,6 +224,29 @@ def test_swin_sample_routing_picks_one_expert_per_image(
     assert all(s == (2,) for s in shapes.values()), shapes
 
 
+@pytest.mark.parametrize("method", ["mosa", "mosa_lora"])
+def test_swin_sample_routing_routes_every_window_of_an_image_to_its_expert(
+    make_model: MakeModel, images: torch.Tensor, method: str
+) -> None:
+    """Each image's output equals that image run alone with its own recorded experts: a
+    router that mixed the experts of one image's windows would change it."""
+    cfg = MethodConfig(method=method, routing="sample", share="none", dropout=0.0, num_experts=4)
+    model = mosa.inject(make_model("swin"), cfg)
+    randomize_added(model)
+    model.train()
+    x = images[:3]
+    with torch.no_grad():
+        batch = model(x)
+    picks = {n: m.last_expert.clone() for n, m in split_modules(model)}
+    assert any(len(set(p.tolist())) > 1 for p in picks.values())  # images differ somewhere
+    for i in range(len(x)):
+        for n, m in split_modules(model):
+            m._draw = lambda k, p=picks[n][i]: p.view(1).repeat(k)  # type: ignore[method-assign]
+        with torch.no_grad():
+            alone = model(x[i : i + 1])
+        torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- routing sequence
 
 

@@ -37,14 +37,15 @@ def test_registered_with_local_file_cfg() -> None:
     assert cfg.classifier == "head"
 
 
-def test_pretrained_reproduces_recorded_accuracy() -> None:
+@pytest.mark.slow
+def test_pretrained_reproduces_recorded_accuracy(data_missing) -> None:
     _shipped()
     try:
         from mosa.data.sources import load_fashion_mnist
 
         images, labels = load_fashion_mnist("test")
     except FileNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
+        data_missing(f"Fashion-MNIST not installed: {e}")
     record = json.loads(MOSA_VIT_FMNIST_RECORD.read_text())
     n = record["subset_size"]
     model = timm.create_model("mosa_vit_fmnist", pretrained=True).eval()

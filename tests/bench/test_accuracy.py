@@ -13,9 +13,6 @@ from mosa.data.prepare import prepare_tasks
 
 # the protocol tests use their own grids, so they do not change with the shipped LR_GRID
 GRID: dict[str, tuple[float, ...]] = {m: (1e-3, 3e-3, 1e-2) for m in accuracy.METHODS}
-WEIGHTS = (
-    Path(accuracy.__file__).parents[1] / "backbones" / "weights" / "mosa_vit_fmnist.safetensors"
-)
 
 
 def _fake_run_one(calls: list[dict[str, Any]]):
@@ -101,12 +98,12 @@ def test_summary_means_and_group_means():
     assert "57.5" in md
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped backbone weights not built yet")
-def test_end_to_end_on_prepared_tasks(tmp_path):
+@pytest.mark.slow
+def test_end_to_end_on_prepared_tasks(tmp_path, data_missing):
     try:
         prepare_tasks(tmp_path / "data", ["digits"], seed=0)
     except FileNotFoundError as e:  # Fashion-MNIST missing
-        pytest.skip(str(e))
+        data_missing(str(e))
     out = tmp_path / "out"
     argv = ["--data-root", str(tmp_path / "data"), "--tasks", "digits",
             "--methods", "linear,mosa", "--seeds", "0,1", "--epochs", "1", "--jobs", "1",

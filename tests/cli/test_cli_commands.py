@@ -154,18 +154,10 @@ def test_demo_trains_mosa_and_linear_and_prints_both(fake_train, tmp_path, monke
         (["data", "prepare", "--tasks", "nosuchtask", "--out", "{tmp}/d"], "unknown project task"),
         (["sweep", "--config", "offline/_base", "--tasks", "a,a", "--out", "{tmp}/s"], "twice"),
         (["train", "--device", "tpu9"], "use auto, cpu, cuda"),
-        (["bench", "accuracy"], None),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_with_exit_2(argv, message, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    if argv[:2] == ["bench", "accuracy"]:
-        try:
-            import mosa.bench.accuracy  # noqa: F401
-
-            pytest.skip("mosa.bench.accuracy exists: nothing to report")
-        except ModuleNotFoundError:
-            message = "not available in this installation"
     rc = main(argv)
     captured = capsys.readouterr()
     assert rc == 2

@@ -10,24 +10,30 @@ import pytest
 
 from mosa.cli.main import main
 
-WEIGHTS = Path(__file__).parents[2] / "src/mosa/backbones/weights/mosa_vit_fmnist.safetensors"
-# chance is 10% on digits (797 test images: a standard error of about 1.7 points at 30%)
-MIN_TEST_ACC = 0.30
+# chance is 10% on digits. Measured after these 2 epochs (seed 0, 797 test images): linear
+# 0.773, full 0.657, adapter 0.768, lora 0.807, mosa 0.728, mosa_lora 0.737; the floors leave
+# about 7 points for other seeds and torch builds
+MIN_TEST_ACC = {
+    "linear": 0.70,
+    "full": 0.58,
+    "adapter": 0.69,
+    "lora": 0.73,
+    "mosa": 0.65,
+    "mosa_lora": 0.66,
+}
 LR = {"linear": 3e-2, "full": 1e-3, "adapter": 1e-2, "lora": 1e-2, "mosa": 1e-2, "mosa_lora": 1e-2}
+
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        pytest.skip("scikit-learn (digits) is not installed")
+    root = tmp_path_factory.mktemp("data")  # digits come from scikit-learn, a dev dependency
     assert main(["data", "prepare", "--tasks", "digits", "--out", str(root)]) == 0
     return root
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped backbone weights missing")
 @pytest.mark.parametrize("method", list(LR))
 def test_every_method_beats_chance_on_real_digits(
     method: str, digits_root: Path, tmp_path: Path
@@ -46,5 +52,27 @@ def test_every_method_beats_chance_on_real_digits(
     ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["test_acc"] >= MIN_TEST_ACC, summary["test_acc"]
+    assert summary["test_acc"] >= MIN_TEST_ACC[method], summary["test_acc"]
     assert (out / "adapter" / "adapter.safetensors").is_file()
+    if method in ("mosa", "mosa_lora"):  # the merged model scores what training reported
+        data = f"vtab:{digits_root}:digits:test"
+        merged = tmp_path / "merged"
+        assert main(["merge", str(out / "adapter"), "--out", str(merged)]) == 0
+        for source in (out, merged):
+            report = tmp_path / f"eval_{source.name}.json"
+            assert main(["eval", str(source), "--data", data, "--out", str(report)]) == 0
+            top1 = json.loads(report.read_text())["top1"]
+            assert top1 == pytest.approx(summary["test_acc"], abs=1.5 / 797), source
+
+
+def test_a_diverging_run_exits_2_naming_the_run(
+    digits_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "diverged"
+    argv = ["train", "--out", str(out), "method=linear", f"data.root={digits_root}",
+            "optim.epochs=1", "optim.warmup_epochs=0", "optim.lr=1e30", "device=cpu"]  # fmt: skip
+    assert main(argv) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mosa: error")]
+    assert len(errors) == 1 and errors[0].startswith("mosa: error: training diverged: non-finite")
+    assert f"{out}/last is untouched" in errors[0]
+    assert not (out / "summary.json").exists()

@@ -30,12 +30,12 @@ def write_image() -> Callable[..., None]:
 
 
 @pytest.fixture
-def fmnist() -> None:
-    """Skip the test when the Debian Fashion-MNIST package is absent."""
+def fmnist(data_missing: Callable[[str], None]) -> None:
+    """Skip the test when the Debian Fashion-MNIST package is absent (fail in CI)."""
     try:
         sources.fashion_mnist_dir()
     except FileNotFoundError:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+        data_missing("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+@pytest.mark.slow
 def test_two_gloo_processes_match_a_single_process(tmp_path: Path) -> None:
     ddp_out = tmp_path / "ddp"
     env = {

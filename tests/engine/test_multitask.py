@@ -121,6 +121,7 @@ def _test_split(root: Path, task: str) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_two_real_tasks_share_one_adapter_and_beat_chance(
     prepared: Path, pretrained: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:

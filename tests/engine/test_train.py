@@ -158,6 +158,53 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     mosa.load_adapter(tiny_model(), out / "last" / "adapter")
 
 
+def test_finite_loss_with_a_non_finite_gradient_stops(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    model = tiny_model()
+    calls = {"n": 0}
+
+    def poison_grad(grad: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] == 7 else grad  # epoch 2, step 2
+
+    model.head.weight.register_hook(poison_grad)
+    with pytest.raises(TrainingDivergedError) as err:
+        train(make_config(out), model=model, datasets=toy_datasets(), progress=False)
+    msg = str(err.value)
+    assert "non-finite grad norm (inf) at epoch 2, step 2" in msg
+    assert f"{out}/last is untouched" in msg and "lower optim.lr" in msg
+    assert json.loads((out / "last" / "state.json").read_text())["epoch"] == 1
+    assert not (out / "summary.json").exists()
+
+
+def test_non_finite_weights_at_epoch_end_are_never_checkpointed(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from mosa.engine.optim import SparseAdamW
+
+    out = tmp_path / "run"
+    model = tiny_model()
+    real_step = SparseAdamW.step
+    calls = {"n": 0}
+
+    def step_then_poison(self: SparseAdamW, closure: Any = None) -> Any:
+        result = real_step(self, closure)
+        calls["n"] += 1
+        if calls["n"] == 8:  # the last step of epoch 2: no later step would see it
+            with torch.no_grad():
+                model.head.bias.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(SparseAdamW, "step", step_then_poison)
+    with pytest.raises(TrainingDivergedError) as err:
+        train(make_config(out), model=model, datasets=toy_datasets(), progress=False)
+    assert err.value.quantity == "weights" and err.value.epoch == 2
+    assert "non-finite weights (nan) at epoch 2" in str(err.value)
+    assert json.loads((out / "last" / "state.json").read_text())["epoch"] == 1
+    weights = _adapter(out, "last/adapter")
+    assert all(torch.isfinite(t.float()).all() for t in weights.values())
+
+
 def test_huge_lr_diverges_instead_of_training_on(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "run", lr=1e30, warmup_epochs=0, method={"method": "linear"})
     with pytest.raises(TrainingDivergedError):
@@ -358,3 +405,55 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
     assert summary["resumed_from_epoch"] == 1 and summary["epochs"] == 3
     assert json.loads((out / "last" / "state.json").read_text())["epoch"] == 3
     assert not (out / ".last.old").exists()
+
+
+@pytest.mark.parametrize("mode", ["local", "reference"])
+def test_trainer_updates_experts_by_the_optimizer_mode(
+    tmp_path: Path, monkeypatch: Any, mode: str
+) -> None:
+    """Through ``mosa.engine.train``: under ``local`` an expert's entries change only in steps
+    where it was picked; under ``reference`` every expert picked before keeps moving."""
+    from mosa.adapters.sparse import MoSALinear
+    from mosa.engine.optim import SparseAdamW
+
+    steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    real_step = SparseAdamW.step
+
+    def recording_step(self: SparseAdamW, closure: Any = None) -> Any:
+        m = next(mod for mod in model.modules() if isinstance(mod, MoSALinear))
+        before = m.weight.detach().clone()
+        picked = torch.zeros(m.num_experts, dtype=torch.bool)
+        mask = self._active.get(id(m.weight))
+        if mask is not None:  # the trainer told the optimizer which experts took part
+            picked[m.owner.long()[mask].unique()] = True
+        out = real_step(self, closure)
+        steps.append((before, m.weight.detach().clone(), picked, m.owner.long()))
+        return out
+
+    monkeypatch.setattr(SparseAdamW, "step", recording_step)
+    model = tiny_model()
+    cfg = make_config(
+        tmp_path / "run",
+        epochs=2,
+        consistency=0.0,  # one pick per step per projection
+        expert_updates=mode,
+        method={"method": "mosa", "bottleneck": 8, "num_experts": 4, "dropout": 0.0},
+    )
+    train(cfg, model=model, datasets=toy_datasets(), progress=False)
+    assert len(steps) == 8
+    ever = torch.zeros(4, dtype=torch.bool)
+    kept_moving = 0
+    for before, after, picked, owner in steps:
+        assert int(picked.sum()) == 1  # the trainer passed the step's pick to the optimizer
+        changed = after != before
+        for k in range(4):
+            entries = changed[owner == k]
+            if picked[k]:
+                assert entries.any()
+            elif mode == "local" or not ever[k]:
+                assert not entries.any(), (mode, k)  # bit-unchanged
+            else:
+                kept_moving += int(entries.any())
+        ever |= picked
+    if mode == "reference":
+        assert kept_moving > 0  # momentum moved experts that were not picked in that step

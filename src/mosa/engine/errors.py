@@ -16,7 +16,8 @@ class ResumeError(TrainingError):
 
 
 class TrainingDivergedError(TrainingError):
-    """The loss became NaN or infinite; the last good checkpoint in ``out/last`` is left intact."""
+    """The loss, gradient or weights became NaN or infinite; the last good checkpoint in
+    ``<run>/last`` is left intact."""
 
     def __init__(
         self,
@@ -26,12 +27,13 @@ class TrainingDivergedError(TrainingError):
         value: float,
         lr: float,
         quantity: str = "loss",
+        run: str = "out",
     ) -> None:
         self.epoch, self.step, self.global_step = epoch, step, global_step
         self.value, self.lr, self.quantity = value, lr, quantity
         super().__init__(
             f"training diverged: non-finite {quantity} ({value}) at epoch {epoch}, step {step} of "
             f"the epoch (global step {global_step}, lr {lr:.3g}). The last good checkpoint in "
-            "out/last is untouched; lower optim.lr (e.g. by 10x), set optim.grad_clip, or use "
-            "amp='off', then start again (a resume would repeat the same steps)."
+            f"{run}/last is untouched; lower optim.lr (e.g. by 10x), set optim.grad_clip, or use "
+            "optim.amp=off, then start again in a new --out (a resume would repeat the same steps)."
         )

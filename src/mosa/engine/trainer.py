@@ -570,7 +570,7 @@ class _Run:
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
             # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
             raise TrainingDivergedError(
-                epoch, len(order) - 1, state.global_step - 1, math.nan, lr, "weights"
+                epoch, len(order) - 1, state.global_step - 1, math.nan, lr, "weights", str(self.out)
             )
         record["epoch_seconds"] = time.perf_counter() - t0
         state.history.append(record)
@@ -704,7 +704,7 @@ class _Run:
                 ("loss", loss_v) if not math.isfinite(loss_v) else ("grad norm", norm_v)
             )
             raise TrainingDivergedError(
-                epoch, step, global_step, value, self.scheduler.lr, quantity
+                epoch, step, global_step, value, self.scheduler.lr, quantity, str(self.out)
             )
         if self.tracker is not None:
             self.optimizer.set_active(self.tracker.masks())
