@@ -120,3 +120,23 @@ def test_load_backbone_errors(tmp_path: Path) -> None:
     torch.save(wide, tmp_path / "wide.pth")
     with pytest.raises(WeightsMismatchError, match=r"blocks\.0\.mlp\.fc1\.weight"):
         load_backbone(TINY_NAME, num_classes=5, weights=tmp_path / "wide.pth", **TINY)
+
+
+def test_offline_hub_miss_fails_at_once_with_one_clear_line(monkeypatch) -> None:
+    import socket
+
+    import mosa.backbones.zoo as zoo
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("timm must not be asked to download (it would retry five times)")
+
+    monkeypatch.setattr(zoo.socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(zoo.timm, "create_model", no_download)
+    with pytest.raises(RuntimeError) as err:
+        zoo.load_backbone("vit_tiny_patch16_224", num_classes=3)
+    msg = str(err.value)
+    assert "\n" not in msg and "weights=PATH" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "huggingface.co does not resolve" in msg

@@ -102,6 +102,16 @@ def test_published_recipes_train_the_paper_configuration(name):
     assert (lora.method.method, lora.optim.expert_updates) == ("mosa_lora", "reference")
 
 
+@pytest.mark.parametrize("name", list_recipes())
+def test_a_one_epoch_run_of_every_recipe_starts(name, caplog):
+    """optim.epochs=1 is accepted everywhere: a longer warm-up is clamped, with a notice."""
+    cfg = load_config(name, ["optim.epochs=1"])
+    assert cfg.optim.epochs == 1 and cfg.optim.warmup_epochs <= 1
+    recipe = load_config(name)
+    if recipe.optim.warmup_epochs > 1:
+        assert "warm-up clamped to 1" in caplog.text
+
+
 def test_offline_recipes_name_real_prepared_tasks():
     prepare = pytest.importorskip("mosa.data.prepare")
     names = {n.split("/")[1] for n in RUNNABLE if n.startswith("offline/")} - {"multitask"}

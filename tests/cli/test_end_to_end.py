@@ -76,3 +76,21 @@ def test_a_diverging_run_exits_2_naming_the_run(
     assert len(errors) == 1 and errors[0].startswith("mosa: error: training diverged: non-finite")
     assert f"{out}/last is untouched" in errors[0]
     assert not (out / "summary.json").exists()
+
+
+def test_train_prints_one_line_per_epoch_and_quiet_prints_none(
+    digits_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["train", "method=linear", f"data.root={digits_root}", "optim.epochs=2",
+            "optim.warmup_epochs=0", "optim.lr=0.03", "device=cpu"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("mosa: epoch ")]
+    assert [ln.split(":")[1].strip() for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    for ln in lines:
+        for field in ("loss ", "train acc ", "val acc ", "lr ", "s, ", "img/s"):
+            assert field in ln, ln
+    assert main([*base, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/2" not in captured.err
+    assert "test top-1" in captured.out  # the result is still printed

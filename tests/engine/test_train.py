@@ -205,6 +205,44 @@ def test_non_finite_weights_at_epoch_end_are_never_checkpointed(
     assert all(torch.isfinite(t.float()).all() for t in weights.values())
 
 
+def test_non_finite_val_loss_stops_and_reports_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    model = tiny_model()
+    epochs_seen = {"train_calls": 0}
+
+    def poison_eval(module: torch.nn.Module, args: Any, output: torch.Tensor) -> Any:
+        if module.training:
+            epochs_seen["train_calls"] += 1
+            return None
+        # eval after epoch 2 (4 training forwards per epoch): logits go non-finite
+        return output * float("nan") if epochs_seen["train_calls"] > 4 else None
+
+    model.head.register_forward_hook(poison_eval)
+    with pytest.raises(TrainingDivergedError) as err:
+        train(make_config(out), model=model, datasets=toy_datasets(), progress=False)
+    assert err.value.quantity == "val loss" and err.value.epoch == 2
+    assert "non-finite val loss (nan) at epoch 2" in str(err.value)
+    assert json.loads((out / "last" / "state.json").read_text())["epoch"] == 1
+    assert len(_metrics(out)) == 1 and not (out / "summary.json").exists()
+
+
+def test_written_files_get_the_umask_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        train(make_config(out, epochs=1, warmup_epochs=0), model=tiny_model(),
+              datasets=toy_datasets(), progress=False)  # fmt: skip
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_huge_lr_diverges_instead_of_training_on(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "run", lr=1e30, warmup_epochs=0, method={"method": "linear"})
     with pytest.raises(TrainingDivergedError):

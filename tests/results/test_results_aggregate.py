@@ -14,10 +14,14 @@ from mosa.engine.config import TrainConfig
 from mosa.results import ResultsError, build_table, collect_runs, render_markdown, write_report
 
 
-def fake_run(root: Path, task: str, method: str, seed: int, test, val=None, lr=5e-3, config=True):
-    d = root / task / method / f"lr{lr:g}" / f"seed{seed}"
+def fake_run(root: Path, task: str, method: str, seed: int, test, val=None, lr=5e-3, config=True,
+             train_size=None, sub=""):  # fmt: skip
+    d = root / task / method / sub / f"lr{lr:g}" / f"seed{seed}"
     d.mkdir(parents=True)
-    (d / "summary.json").write_text(json.dumps({"test_acc": test, "val_acc": val}))
+    summary = {"test_acc": test, "val_acc": val}
+    if train_size is not None:  # as the engine writes it
+        summary["tasks"] = {task: {"train_size": train_size, "test_acc": test}}
+    (d / "summary.json").write_text(json.dumps(summary))
     if config:
         cfg = TrainConfig.from_dict(
             {"data": {"task": task}, "method": {"method": method, "seed": seed}, "seed": seed,
@@ -70,9 +74,9 @@ def test_vtab_task_mean_and_group_mean_differ_as_computed_by_hand(tmp_path):
     assert agg["VTAB mean of 3 group means"]["adapter"] is None
     assert agg["VTAB specialized mean (4 tasks)"]["adapter"] == pytest.approx(80.0)
     md = render_markdown(table)
-    assert "| dtd | natural | — | 70.0 ± 1.4 |" in md  # columns: adapter, mosa
-    assert f"| **VTAB mean (19 tasks)** |  | — | **{1210 / 19:.1f}** |" in md
-    assert "| **VTAB mean of 3 group means** |  | — | **66.7** |" in md
+    assert "| dtd | ? | natural | — | 70.0 ± 1.4 |" in md  # columns: adapter, mosa
+    assert f"| **VTAB mean (19 tasks)** |  |  | — | **{1210 / 19:.1f}** |" in md
+    assert "| **VTAB mean of 3 group means** |  |  | — | **66.7** |" in md
 
 
 def test_offline_tasks_get_their_own_block_and_never_change_the_vtab_means(tmp_path):
@@ -153,3 +157,16 @@ def test_multi_task_summaries_give_one_row_per_task(tmp_path):
     table = build_table(collect_runs(tmp_path))
     assert table.cells[("digits", "mosa")].mean == pytest.approx(90.0)
     assert table.cells[("fmnist_rot", "mosa")].mean == pytest.approx(60.0)
+
+
+def test_smaller_training_sets_are_rows_of_their_own(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, "digits", "mosa", seed, 0.90, train_size=800)
+        fake_run(tmp_path, "digits", "mosa", seed, 0.40, train_size=64, sub="small")
+    table = build_table(collect_runs(tmp_path))
+    assert table.rows == ["digits", "digits (n=64)"]
+    assert table.cells[("digits", "mosa")].mean == pytest.approx(90.0)  # not averaged with 40
+    assert table.cells[("digits (n=64)", "mosa")].mean == pytest.approx(40.0)
+    md = render_markdown(table)
+    assert "| digits | 800 | natural | 90.0 ± 0.0 |" in md
+    assert "| digits (n=64) | 64 |  | 40.0 ± 0.0 |" in md  # no group mean

@@ -7,9 +7,11 @@ ship with the package through timm's normal pretrained path (offline: the cfg na
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import timm
@@ -215,6 +217,28 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: s
     model.load_state_dict(state, strict=False)  # strictness checked above, minus a dropped head
 
 
+def _hub_unreachable(name: str) -> str | None:
+    """Why the Hugging Face hub cannot serve ``name``'s weights right now (its host does not
+    resolve), or None: where the name is known locally, the cache is forced
+    (``HF_HUB_OFFLINE``) or the host resolves, timm's own download path decides."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        return None
+    if cfg is None or not cfg.hf_hub_id or cfg.file:
+        return None
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"no network: {host} does not resolve ({e})"
+    return None
+
+
 def load_backbone(
     name_or_path: str,
     *,
@@ -242,14 +266,18 @@ def load_backbone(
             f"name_or_path and the file as weights=..."
         )
     if weights is None:
+        offline = _hub_unreachable(name_or_path) if pretrained else None
         try:
+            if offline:
+                raise OSError(offline)  # fail at once instead of five timed-out retries
             return timm.create_model(
                 name_or_path, pretrained=pretrained, num_classes=num_classes, **kwargs
             )
         except OSError as e:  # no network / not in the hub cache
             raise RuntimeError(
-                f"could not fetch pretrained weights for {name_or_path!r} ({e}); offline, pass a "
-                "local file with weights=... or use pretrained=False"
+                f"could not fetch pretrained weights for {name_or_path!r} ({e}); pass a local "
+                "file with weights=PATH (.npz, .safetensors, .pth), set HF_HUB_OFFLINE=1 to use "
+                "the local hub cache only, or pretrained=false"
             ) from e
     # An explicit file is the pretrained source, whatever ``pretrained`` says (configs often
     # carry pretrained=False next to a weights path).

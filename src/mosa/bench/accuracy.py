@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun, plan_sweep, run_one
+from mosa.engine.sweep import SweepRun, plan_sweep, progress_note, run_one
 
 METHODS = ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
 # Learning-rate grids per method, searched on val with seed 0 (AdamW, warm-up + cosine). They
@@ -123,11 +123,17 @@ def _run_all(
         return results
     log(f"  training {len(todo)} run(s), {jobs} at a time ({len(results)} already done)")
     start = time.perf_counter()
+
+    def finished(i: int, r: SweepRun, running: int) -> None:
+        elapsed = time.perf_counter() - start
+        note = progress_note(i, len(todo), running, elapsed, i)
+        log(f"  [{i}/{len(todo)}] {_label(r)} done ({elapsed:.0f}s; {note})")
+
     if jobs <= 1:
         _init_worker(threads)
         for i, r in enumerate(todo, 1):
             results[r.run_dir] = _run_config(r.config.to_dict())
-            log(f"  [{i}/{len(todo)}] {_label(r)} done ({time.perf_counter() - start:.0f}s)")
+            finished(i, r, 1)
         return results
     ctx = get_context("spawn")  # a clean interpreter per worker: no forked torch threads
     with ProcessPoolExecutor(
@@ -137,7 +143,7 @@ def _run_all(
         for i, fut in enumerate(_as_completed(futures), 1):
             r = futures[fut]
             results[r.run_dir] = fut.result()
-            log(f"  [{i}/{len(todo)}] {_label(r)} done ({time.perf_counter() - start:.0f}s)")
+            finished(i, r, min(jobs, len(todo) - i))
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -148,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     print(f"mosa: {'resuming' if resume else 'training'} {cfg.method.method} on "
           f"{'+'.join(d.label for d in cfg.data)} -> {cfg.out}", file=sys.stderr)  # fmt: skip
-    summary = engine.train(cfg, resume=resume)
+    summary = engine.train(cfg, resume=resume, progress=not args.quiet)
     print("mosa: " + ", ".join(_describe_summary(summary or {})))
     print("mosa: written to " + _outputs(Path(cfg.out)))
     return 0
@@ -691,7 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
         several --config are merged left to right; key=value overrides come last (dotted keys,
         YAML values). Without --config the default recipe runs (MoSA on mosa_vit_fmnist on the
         digits task prepared under data/vtab). Writes config.json, metrics.jsonl, summary.json,
-        adapter/, last/ and curves.png into the output folder.
+        adapter/, last/ and curves.png into the output folder. Prints one line per epoch
+        (train loss and accuracy, val accuracy, lr, seconds; rank 0 only) and, on a terminal, a
+        progress bar; --quiet prints only warnings and the result. A run shorter than the
+        recipe's warm-up (optim.epochs=1) warms up over the whole run, with a notice. A
+        non-finite loss, gradient, weight or eval loss stops the run with exit code 2, keeping
+        the last good checkpoint in OUT/last.
         """,
         [
             "mosa train",
@@ -715,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="RUN_DIR", help="continue a run from RUN_DIR/last")
     s.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines or progress bar")
     s.set_defaults(func=cmd_train)
 
     # ---------------------------------------------------------------- eval
@@ -941,6 +948,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ============================================================================ entry point
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (callers and tests may swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    """Show the library's progress messages (``mosa.*`` loggers) as ``mosa: ...`` lines."""
+    logger = logging.getLogger("mosa")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("mosa: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False  # the command line owns the process's output
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for bad input)."""
     parser = build_parser()
@@ -956,6 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = bool(getattr(args, "debug", False))
+    _log_to_stderr(quiet=bool(getattr(args, "quiet", False)))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

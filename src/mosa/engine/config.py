@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,10 +99,16 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.epochs < 1:
             raise ConfigError(f"optim.epochs must be >= 1, got {self.epochs}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(
-                f"optim.warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}"
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs > self.epochs:  # a shortened run: warm up over all of it
+            logging.getLogger("mosa").warning(
+                "optim.warmup_epochs=%d is longer than optim.epochs=%d: warm-up clamped to %d",
+                self.warmup_epochs,
+                self.epochs,
+                self.epochs,
             )
+            self.warmup_epochs = self.epochs
         if self.batch_size < 1:
             raise ConfigError(f"optim.batch_size must be >= 1, got {self.batch_size}")
         if self.expert_updates not in ("local", "reference"):

@@ -83,6 +83,18 @@ def _fmt_lr(lr: float) -> str:
     return f"{lr:g}"
 
 
+def progress_note(done: int, total: int, running: int, elapsed_s: float, trained: int) -> str:
+    """``"12/99 done, 2 running, 85 left, ETA 41 min"``; the ETA extrapolates the wall time
+    per run trained in this process (``elapsed_s / trained``, parallel runs included) over
+    the runs left."""
+    left = total - done
+    note = f"{done}/{total} done, {running} running, {left} left"
+    if trained and left:
+        eta = elapsed_s / trained * left
+        note += f", ETA {eta / 60:.0f} min" if eta >= 90 else f", ETA {eta:.0f} s"
+    return note
+
+
 def run_dir_name(task: str, method: str, lr: float, seed: int, shots: int | None = None) -> str:
     """Relative folder of one run: ``<task>/<method>[/shots<k>]/lr<lr>/seed<seed>``."""
     parts = [task, method]
@@ -351,6 +363,7 @@ def run_sweep(
 
     write_manifest()
     n = len(runs)
+    started = time.time()
     for i, r in enumerate(runs, 1):
         tag = f"[{i}/{n}] {r.run_dir}"
         status = run_status(r.run_dir)
@@ -391,6 +404,8 @@ def run_sweep(
             lock.unlink(missing_ok=True)
             (result.resumed if status == "resume" else result.trained).append(r.run_dir)
             outcome[str(r.run_dir)] = "done"
-            log(f"{tag}: finished in {time.time() - t0:.0f}s")
+            trained = len(result.trained) + len(result.resumed)
+            note = progress_note(i, n, 1, time.time() - started, trained)
+            log(f"{tag}: finished in {time.time() - t0:.0f}s ({note})")
         write_manifest()
     return result

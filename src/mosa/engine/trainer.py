@@ -282,8 +282,8 @@ class _Run:
             return last
         if last is not None or (self.out / SUMMARY_JSON).exists():
             raise TrainingError(
-                f"{self.out} already holds a run; continue it with resume=True "
-                f"(mosa train --resume {self.out}) or choose another out"
+                f"{self.out} already holds a run: continue it with `mosa train --resume "
+                f"{self.out}` (Python: resume=True) or choose another --out"
             )
         return None
 
@@ -567,6 +567,17 @@ class _Run:
             "tasks": task_records,
         }
         self._check_routing(f"epoch {epoch}")
+        bad_val = [v for v in val_losses if not math.isfinite(v)]
+        if bad_val:  # eval logits went non-finite: never checkpoint or report such a model
+            raise TrainingDivergedError(
+                epoch,
+                len(order) - 1,
+                state.global_step - 1,
+                bad_val[0],
+                lr,
+                "val loss",
+                str(self.out),
+            )
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
             # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
             raise TrainingDivergedError(
@@ -766,6 +777,11 @@ class _Run:
             if task.test is not None:
                 loader = eval_loader(task.test, self.local_batch, info, cfg.num_workers)
                 test = self._evaluate(i, loader)
+                if not math.isfinite(test["loss"]):
+                    raise TrainingDivergedError(
+                        cfg.optim.epochs, -1, state.global_step - 1, test["loss"],
+                        self.scheduler.lr, f"{task.name} test loss", str(self.out),
+                    )  # fmt: skip
             entry = {
                 "num_classes": task.num_classes,
                 "train_size": len(task.train),
@@ -848,8 +864,10 @@ class _Run:
             atomic_write_json(self.out / SUMMARY_JSON, summary)
             log.info(
                 "done: val acc %s, test acc %s, %.1fs",
-                summary["val_acc"],
-                summary["test_acc"],
+                *(
+                    ("n/a" if v is None else f"{v:.4f}")
+                    for v in (summary["val_acc"], summary["test_acc"])
+                ),
                 wall,
             )
         barrier(info)

@@ -53,10 +53,20 @@ class Run:
     test_acc: float | None
     val_acc: float | None
     shots: int | None = None
+    train_size: int | None = None  # images trained on (summary.json), when known
+    subset: bool = False  # fewer training images than the task's largest run: its own row
 
     @property
     def row(self) -> str:
-        return self.task if self.shots is None else f"{self.task} ({self.shots}-shot)"
+        if self.shots is not None:
+            return f"{self.task} ({self.shots}-shot)"
+        return f"{self.task} (n={self.train_size})" if self.subset else self.task
+
+    @property
+    def train_label(self) -> str:
+        """What the run trained on, for the report's ``train`` column."""
+        size = "?" if self.train_size is None else str(self.train_size)
+        return f"{self.shots}-shot ({size})" if self.shots is not None else size
 
 
 @dataclass
@@ -91,6 +101,7 @@ class Table:
     cells: dict[tuple[str, str], Cell]
     groups: dict[str, str | None]  # row -> VTAB group (None: not a grouped task)
     families: dict[str, str | None] = field(default_factory=dict)  # row -> VTAB / offline
+    train: dict[str, str] = field(default_factory=dict)  # row -> training images (or shots)
     aggregates: dict[str, dict[str, float | None]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # summaries without a test accuracy
 
@@ -100,6 +111,7 @@ class Table:
             "methods": self.methods,
             "groups": self.groups,
             "families": self.families,
+            "train": self.train,
             "cells": {
                 f"{r}|{m}": {
                     "mean": c.mean,
@@ -226,6 +238,7 @@ def _runs_from_summary(path: Path, root: Path) -> list[Run]:
         # multi-task run: the engine reports each task under "tasks"
         test = {t: (v or {}).get("test_acc") for t, v in per_task.items()}
         val = {t: (v or {}).get("val_acc") for t, v in per_task.items()}
+    sizes = per_task if isinstance(per_task, dict) else {}
     if isinstance(test, dict):  # multi-task: one accuracy per task
         vals = val if isinstance(val, dict) else {}
         return [
@@ -243,9 +256,10 @@ def _runs_from_summary(path: Path, root: Path) -> list[Run]:
             f"{path}: cannot tell the task/method (no config.json next to it and no "
             "'task'/'method' entries)"
         )
+    size = (sizes.get(labels[0]) or {}).get("train_size") if len(labels) == 1 else None
     return [
         Run(path.parent, str(task), str(method), seed, setting, lr, _number(test),
-            _number(val), shots)
+            _number(val), shots, size)
     ]  # fmt: skip
 
 
@@ -304,6 +318,12 @@ def build_table(runs: list[Run]) -> Table:
     if not with_test:
         raise ResultsError("no run with a test accuracy found (looked for summary.json files)")
     k = _scale(with_test)
+    largest: dict[str, int] = {}
+    for r in with_test:
+        if r.shots is None and r.train_size is not None:
+            largest[r.task] = max(largest.get(r.task, 0), r.train_size)
+    for r in with_test:  # a run on fewer images is never averaged with the full ones
+        r.subset = r.shots is None and r.train_size is not None and r.train_size < largest[r.task]
     for r in with_test:
         r.test_acc = r.test_acc * k if r.test_acc is not None else None
         r.val_acc = r.val_acc * k if r.val_acc is not None else None
@@ -321,6 +341,10 @@ def build_table(runs: list[Run]) -> Table:
     fams = {row: task_family(task_of_row[row]) if row == task_of_row[row] else None for row in rows}
     groups = {row: f[1] if f else None for row, f in fams.items()}
     table = Table(rows, methods, cells, groups, skipped=skipped)
+    for r in with_test:
+        labels = table.train.setdefault(r.row, r.train_label)
+        if labels != r.train_label:  # e.g. shots drawn from differently sized splits
+            table.train[r.row] = "mixed"
     table.families = {row: f[0] if f else None for row, f in fams.items()}
     table.aggregates = _aggregates(table)
     return table

@@ -21,16 +21,18 @@ def render_markdown(table: Table, title: str = "mosa report") -> str:
     ns = {c.n for c in table.cells.values()}
     show_n = len(ns) > 1
     any_group = any(g is not None for g in table.groups.values())
-    head = ["task", *(["group"] if any_group else []), *table.methods]
+    head = ["task", "train", *(["group"] if any_group else []), *table.methods]
     lines = [f"# {title}", ""]
     seeds = f"{ns.pop()} seed(s) per cell" if not show_n else "n = seeds per cell"
     lines += [
         "Test top-1 (%) of the final model: mean ± sample std (ddof=1) over seeds, "
         f"{seeds}. Where several hyper-parameter settings were run, the one with the best "
-        "mean validation accuracy is reported (the test split is never used to choose).",
+        "mean validation accuracy is reported (the test split is never used to choose). "
+        "`train`: the images each row trained on (k-shot draws and smaller training sets are "
+        "rows of their own, never averaged with full runs).",
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] + (["---"] if any_group else []) + [":---:"] * len(table.methods))
+        "|" + "|".join(["---", "---:"] + (["---"] if any_group else []) + [":---:"] * len(table.methods))
         + "|",
     ]  # fmt: skip
     for row in table.rows:
@@ -39,11 +41,11 @@ def render_markdown(table: Table, title: str = "mosa report") -> str:
             c = table.cells.get((row, m))
             cells.append(format_cell(c.mean, c.std, c.n, show_n) if c and c.values else "—")
         group = [table.groups[row] or ""] if any_group else []
-        lines.append("| " + " | ".join([row, *group, *cells]) + " |")
+        lines.append("| " + " | ".join([row, table.train.get(row, "?"), *group, *cells]) + " |")
     for label, by_method in table.aggregates.items():
         vals = [f"**{v:.1f}**" if v is not None else "—" for v in by_method.values()]
         lines.append(
-            "| " + " | ".join([f"**{label}**", *([""] if any_group else []), *vals]) + " |"
+            "| " + " | ".join([f"**{label}**", "", *([""] if any_group else []), *vals]) + " |"
         )
     if table.aggregates:
         lines += [
