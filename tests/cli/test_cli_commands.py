@@ -122,7 +122,7 @@ def test_print_config_does_not_train(fake_train, capsys):
     assert "method: lora" in out and "task: dtd" in out
 
 
-def test_demo_trains_mosa_and_linear_and_prints_both(fake_train, tmp_path, monkeypatch, capsys):
+def test_demo_trains_mosa_adapter_and_linear_and_prints_three_rows(fake_train, tmp_path, monkeypatch, capsys):
     import mosa.data.prepare as prepare
 
     prepared = []
@@ -131,15 +131,17 @@ def test_demo_trains_mosa_and_linear_and_prints_both(fake_train, tmp_path, monke
                "--epochs", "2"])  # fmt: skip
     assert rc == 0
     assert prepared == [["digits"]]
-    assert [c.method.method for c, _ in fake_train.calls] == ["mosa", "linear"]
+    assert [c.method.method for c, _ in fake_train.calls] == ["mosa", "adapter", "linear"]
     assert all(c.optim.epochs == 2 and c.data[0].root == str(tmp_path / "data")
                for c, _ in fake_train.calls)  # fmt: skip
     out = capsys.readouterr().out
-    assert "mosa" in out and "90.00%" in out and "70.00%" in out
+    rows = [ln.split()[0] for ln in out.splitlines() if ln.endswith("s") and "%" in ln]
+    assert rows == ["mosa", "adapter", "linear"]
+    assert "90.00%" in out and "70.00%" in out
     assert str(tmp_path / "demo" / "mosa" / "adapter") in out
     assert main(["demo", "--out", str(tmp_path / "demo"), "--data", str(tmp_path / "data"),
                  "--epochs", "2"]) == 0  # fmt: skip
-    assert len(fake_train.calls) == 2  # finished runs are reused
+    assert len(fake_train.calls) == 3  # finished runs are reused
 
 
 @pytest.mark.parametrize(

@@ -600,7 +600,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.device:
         extra.append(f"device={_device(args.device)}")
     rows = []
-    for method in ("mosa", "linear"):
+    for method in ("mosa", "adapter", "linear"):
         cfg = load_config(
             "default",
             [f"method={method}", f"data.root={data_root}", *extra],
@@ -929,16 +929,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = _add_sub(
         subs,
         "demo",
-        "prepare digits, train MoSA and a linear probe, compare",
+        "prepare digits, train MoSA, a plain adapter and a linear probe, compare",
         """
-        Prepare the digits task if it is missing, train the default recipe (MoSA) and the same
-        recipe with method=linear, and print both test accuracies side by side. Finished runs
-        are reused.
+        Prepare the digits task if it is missing, train the default recipe (MoSA), the same
+        recipe with method=adapter (the plain adapter MoSA must beat) and with method=linear,
+        and print the three test accuracies side by side. Finished runs are reused.
         """,
         ["mosa demo", "mosa demo --epochs 3 --out runs/demo_quick"],
         common,
     )
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for both runs")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every run")
     s.add_argument("--out", "-o", default="runs/demo")
     s.add_argument("--data", default=DEFAULT_DATA_ROOT, help="where the digits task lives")
     s.add_argument("--epochs", type=int)
