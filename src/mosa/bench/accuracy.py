@@ -2,9 +2,12 @@
 
 Protocol (the same on the project's offline suite and on anyone's VTAB-1k-layout folders):
 
-1. Every method (``linear``, ``full``, ``adapter``, ``lora``, ``mosa``, ``mosa_lora``; adapter
-   bottleneck = LoRA rank) trains on ``train800`` with seed 0 for each learning rate of its
-   grid; the learning rate with the best ``val200`` accuracy is chosen (ties: the smaller).
+1. Every method (a :class:`Variant`: ``linear``, ``full``, ``adapter``, ``adapter_cons`` (the
+   adapter with MoSA's consistency term: the control for it), ``lora``, ``lora_cons``, ``mosa``
+   (the library's default MoSA), ``mosa_paper`` (the reference code's), ``mosa_lora``,
+   ``mosa_lora_paper``; adapter bottleneck = LoRA rank) trains on ``train800`` with seed 0 for
+   each learning rate of its grid; the learning rate with the best ``val200`` accuracy is
+   chosen (ties: the smaller).
 2. The chosen setting is trained again with the remaining seeds (the seed-0 run is reused).
 3. Each record reports the final model's test accuracy: the test split never chooses anything.
 
@@ -27,29 +30,54 @@ from pathlib import Path
 from typing import Any
 
 from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun, plan_sweep, progress_note, run_one
+from mosa.engine.sweep import SweepRun, progress_note, run_dir_name, run_one
+from mosa.recipes import load_config
 
-METHODS = ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
+
+@dataclass(frozen=True)
+class Variant:
+    """A method as a benchmark runs it: a packaged method mixin plus overrides."""
+
+    name: str
+    mixin: str
+    overrides: tuple[str, ...] = ()
+    knob: str | None = None  # what a study variant changes from the paper's MoSA
+
+
+_CONS = ("optim.consistency=1.0",)
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("linear", "methods/linear"),
+        Variant("full", "methods/full"),
+        Variant("adapter", "methods/adapter"),
+        Variant("adapter_cons", "methods/adapter", _CONS),
+        Variant("lora", "methods/lora"),
+        Variant("lora_cons", "methods/lora", _CONS),
+        Variant("mosa", "methods/mosa"),
+        Variant("mosa_paper", "methods/mosa_paper"),
+        Variant("mosa_lora", "methods/mosa_lora"),
+        Variant("mosa_lora_paper", "methods/mosa_lora_paper"),
+    )
+}
+METHODS = tuple(VARIANTS)
+QUICK_METHODS = ("linear", "adapter", "adapter_cons", "mosa", "mosa_paper")
 # Learning-rate grids per method, searched on val with seed 0 (AdamW, warm-up + cosine). They
 # reach past the best value of every cell seen in earlier runs (with 2-point grids the upper
 # end won almost everywhere); MoSA, whose entries are each updated on 1/N of the steps, wants
 # a larger lr in short schedules.
+_PEFT_GRID = (5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
 LR_GRID: dict[str, tuple[float, ...]] = {
     "linear": (1e-2, 3e-2, 1e-1, 3e-1),
     "full": (3e-4, 1e-3, 3e-3),
-    "adapter": (5e-3, 1e-2, 2e-2, 4e-2, 8e-2),
-    "lora": (5e-3, 1e-2, 2e-2, 4e-2, 8e-2),
-    "mosa": (5e-3, 1e-2, 2e-2, 4e-2, 8e-2),
-    "mosa_lora": (5e-3, 1e-2, 2e-2, 4e-2, 8e-2),
+    **{m: _PEFT_GRID for m in METHODS if m not in ("linear", "full")},
 }
 # --quick: the two points of each grid around what the full suite chose most often on val
 QUICK_LR_GRID: dict[str, tuple[float, ...]] = {
     "linear": (1e-1, 3e-1),
     "full": (3e-4, 1e-3),
-    "adapter": (2e-2, 4e-2),
-    "lora": (1e-2, 2e-2),
-    "mosa": (2e-2, 4e-2),
-    "mosa_lora": (1e-2, 2e-2),
+    **{m: (2e-2, 4e-2) for m in ("adapter", "adapter_cons", "mosa", "mosa_paper")},
+    **{m: (1e-2, 2e-2) for m in ("lora", "lora_cons", "mosa_lora", "mosa_lora_paper")},
 }
 SUITE_TASKS = (
     "digits",
@@ -92,6 +120,25 @@ class Protocol:
             f"method.bottleneck={self.bottleneck}",
             f"method.rank={self.bottleneck}",
         ]
+
+
+def plan_run(
+    variant: Variant, overrides: Sequence[str], task: str, lr: float, seed: int, root: Path
+) -> SweepRun:
+    """One run: ``variant`` on ``task`` (offline base recipe, then ``overrides``) at ``lr``
+    and ``seed`` (also the partition seed), in ``root/<task>/<variant>/lr<lr>/seed<seed>``."""
+    over = [
+        f"data.task={task}",
+        *overrides,
+        *variant.overrides,
+        f"optim.lr={lr!r}",
+        f"seed={seed}",
+        f"method.seed={seed}",
+    ]
+    cfg = load_config([BASE_RECIPE, variant.mixin], over)
+    rel = run_dir_name(task, variant.name, lr, seed)
+    cfg.out = str(root / rel)
+    return SweepRun(task, variant.name, lr, seed, cfg.data[0].shots, root / rel, cfg)
 
 
 def _init_worker(threads: int) -> None:
@@ -188,21 +235,18 @@ def run_protocol(
     out = Path(out)
     runs_root = out / "runs"
     atomic_write_json(out / "protocol.json", _protocol_dict(protocol))
-    base = [BASE_RECIPE]
-    over = protocol.overrides()
     first_seed, *other_seeds = protocol.seeds
+
+    def plan(method: str, task: str, lr: float, seed: int) -> SweepRun:
+        return plan_run(VARIANTS[method], protocol.overrides(), task, lr, seed, runs_root)
+
     # phase 1: every lr of every method's grid, first seed, chosen on val
-    selection: list[SweepRun] = []
-    for m in protocol.methods:
-        selection += plan_sweep(
-            base,
-            over,
-            out=runs_root,
-            tasks=protocol.tasks,
-            methods=[m],
-            seeds=[first_seed],
-            lrs=protocol.lr_grid[m],
-        )
+    selection = [
+        plan(m, t, lr, first_seed)
+        for m in protocol.methods
+        for t in protocol.tasks
+        for lr in protocol.lr_grid[m]
+    ]
     log(f"selection: {len(selection)} run(s) (tasks x methods x learning rates, seed {first_seed})")
     done = _run_all(selection, jobs, threads, log)
     chosen: dict[tuple[str, str], SweepRun] = {}
@@ -218,16 +262,7 @@ def run_protocol(
     # phase 2: the chosen lr with the other seeds
     seed_runs: list[SweepRun] = []
     for (task, method), r in chosen.items():
-        if other_seeds:
-            seed_runs += plan_sweep(
-                base,
-                over,
-                out=runs_root,
-                tasks=[task],
-                methods=[method],
-                seeds=other_seeds,
-                lrs=[r.lr],
-            )
+        seed_runs += [plan(method, task, r.lr, s) for s in other_seeds]
     log(f"seeds: {len(seed_runs)} run(s) at the chosen learning rates")
     done.update(_run_all(seed_runs, jobs, threads, log))
     records = []
@@ -471,7 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of VTAB-1k-layout tasks (default: prepare the offline suite under OUT/data)",
     )
     p.add_argument("--tasks", default=None, help="comma-separated task folders")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, from {','.join(METHODS)} (default: all; --quick: "
+        f"{','.join(QUICK_METHODS)})",
+    )
     p.add_argument(
         "--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)"
     )
@@ -492,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--backbone", default="mosa_vit_fmnist")
     p.add_argument(
-        "--quick", action="store_true", help="3 tasks, 1 seed, 5 epochs, 2-point lr grids"
+        "--quick",
+        action="store_true",
+        help="3 tasks, 5 methods, 1 seed, 5 epochs, 2-point lr grids",
     )
     return p
 
@@ -504,7 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = tuple(t for t in (args.tasks or "").split(",") if t) or (
         QUICK_TASKS if quick else SUITE_TASKS
     )
-    methods = tuple(m for m in args.methods.split(",") if m)
+    methods = tuple(m for m in (args.methods or "").split(",") if m) or (
+        QUICK_METHODS if quick else METHODS
+    )
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise SystemExit(

@@ -24,23 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosa.bench.accuracy import BASE_RECIPE, _run_all
+from mosa.bench.accuracy import Variant, _run_all
+from mosa.bench.accuracy import plan_run as plan_variant
 from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun, run_dir_name
-from mosa.recipes import load_config
+from mosa.engine.sweep import SweepRun
 
 STUDY_TASKS = ("digits_noisy", "fmnist_loc", "fmnist_count")  # the largest MoSA gaps
 QUICK_TASKS = ("digits_noisy",)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A method as the study runs it: a packaged method mixin plus overrides."""
-
-    name: str
-    mixin: str
-    overrides: tuple[str, ...] = ()
-    knob: str | None = None  # what this MoSA variant changes from the paper's
 
 
 @dataclass(frozen=True)
@@ -134,21 +124,9 @@ class Cell:
 def plan_run(
     setting: Setting, variant: Variant, task: str, lr: float, seed: int, data_root: str, out: Path
 ) -> SweepRun:
-    """One run's validated config and folder."""
-    over = [
-        f"data.root={data_root}",
-        f"data.task={task}",
-        *COMMON,
-        *setting.overrides,
-        *variant.overrides,
-        f"optim.lr={lr!r}",
-        f"seed={seed}",
-        f"method.seed={seed}",
-    ]
-    cfg = load_config([BASE_RECIPE, variant.mixin], over)
-    rel = f"{setting.name}/" + run_dir_name(task, variant.name, lr, seed)
-    cfg.out = str(out / "runs" / rel)
-    return SweepRun(task, variant.name, lr, seed, cfg.data[0].shots, out / "runs" / rel, cfg)
+    """One run's validated config and folder (``OUT/runs/<setting>/<task>/<variant>/...``)."""
+    over = [f"data.root={data_root}", *COMMON, *setting.overrides]
+    return plan_variant(variant, over, task, lr, seed, out / "runs" / setting.name)
 
 
 def _val(summary: dict[str, Any]) -> float:
