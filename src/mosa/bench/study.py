@@ -2,8 +2,9 @@
 
 The protocol is ``mosa bench accuracy``'s: every cell (setting x variant x task) trains on
 ``train800`` (or a k-shot draw from it) at seed 0 for each learning rate of its grid, the
-learning rate with the best ``val200`` accuracy is chosen (ties: the smaller), and the final
-model's test accuracy is reported; the test split never chooses anything.
+learning rate with the best ``val200`` accuracy is chosen (ties: the smaller; where it is a
+grid end, the grid grows past it, x2 or /2, up to twice), and the final model's test
+accuracy is reported; the test split never chooses anything.
 
 Screening moves one factor at a time from a base setting (8 epochs, 800 images, bottleneck 8)
 and a base MoSA (the paper's: ``methods/mosa_paper``), with one seed. Then the MoSA knobs whose
@@ -101,6 +102,8 @@ BLOCKS: tuple[tuple[str, tuple[Variant, ...]], ...] = (
     ("base", (LORA, LORA_CONS, MOSA_LORA_PAPER)),
 )
 FINAL_SEEDS = (1, 2)
+# a cell whose val optimum sits at a grid end gets the next lr beyond it, up to this many times
+MAX_EXTENSIONS = 2
 COMMON = (
     "data.train_split=train800",
     "data.val_split=val200",
@@ -168,6 +171,26 @@ class Study:
         cells = [self._cell(setting, v, t) for v in variants for t in self.tasks]
         self.log(f"block {setting}: {', '.join(v.name for v in variants)}")
         self.done.update(_run_all([r for c in cells for r in c.grid], self.jobs, 1, self.log))
+        for _ in range(MAX_EXTENSIONS):
+            extra = [r for c in cells if (r := self._extension(c)) is not None]
+            if not extra:
+                break
+            self.log(f"  {len(extra)} cell(s) chose a grid end on val: extending the grid")
+            self.done.update(_run_all(extra, self.jobs, 1, self.log))
+
+    def _extension(self, cell: Cell) -> SweepRun | None:
+        """The next learning rate beyond the grid end that val chose (x2 or /2), added to
+        the cell's grid, or None when val chose an interior point."""
+        best = self.chosen(cell)
+        lrs = sorted(r.lr for r in cell.grid)
+        if best is None or best.lr not in (lrs[0], lrs[-1]) or len(lrs) < 2:
+            return None
+        lr = lrs[-1] * 2 if best.lr == lrs[-1] else lrs[0] / 2
+        run = plan_run(
+            SETTINGS[cell.setting], cell.variant, cell.task, lr, 0, self.data_root, self.out
+        )
+        cell.grid.append(run)
+        return run
 
     def run_seeds(self, setting: str, variants: Sequence[Variant], seeds: Sequence[int]) -> None:
         todo = []
@@ -358,7 +381,8 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
             for k, s in SETTINGS.items()
         },
         "common": list(COMMON),
-        "selection": "lr with the best val200 accuracy at seed 0 (ties: smaller lr); test never chooses",
+        "selection": "lr with the best val200 accuracy at seed 0 (ties: smaller lr; a grid end "
+        "chosen on val extends the grid by x2 or /2, up to twice); test never chooses",
         "mosa_best": "the paper's MoSA plus every knob whose base-setting val mean beat the paper's",
         "backbone": "mosa_vit_fmnist",
         "wall_s": round(elapsed),
