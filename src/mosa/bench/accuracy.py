@@ -487,6 +487,21 @@ def write_results(
     return {"json": out / "results.json", "markdown": out / "results.md", "plot": png}
 
 
+def task_root(data_root: str | None, out: Path, tasks: Sequence[str], prog: str) -> Path:
+    """``data_root`` checked to hold every task folder, or (None) the offline tasks prepared
+    under ``out/data`` (finished tasks are kept)."""
+    if data_root:
+        root = Path(data_root)
+        missing = [t for t in tasks if not (root / t).is_dir()]
+        if missing:
+            raise SystemExit(f"{prog}: task folder(s) not found under {root}: {', '.join(missing)}")
+        return root
+    from mosa.data.prepare import prepare_tasks
+
+    prepare_tasks(out / "data", list(tasks), seed=0)
+    return out / "data"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mosa bench accuracy",
@@ -566,18 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"mosa bench accuracy: --lrs wants numbers, got {args.lrs!r}") from None
     if lrs is not None and (not lrs or min(lrs) <= 0):
         raise SystemExit(f"mosa bench accuracy: --lrs wants positive numbers, got {args.lrs!r}")
-    if args.data_root:
-        data_root = Path(args.data_root)
-        missing = [t for t in tasks if not (data_root / t).is_dir()]
-        if missing:
-            raise SystemExit(
-                f"mosa bench accuracy: task folder(s) not found under {data_root}: {', '.join(missing)}"
-            )
-    else:
-        from mosa.data.prepare import prepare_tasks
-
-        data_root = out / "data"
-        prepare_tasks(data_root, list(tasks), seed=0)
+    data_root = task_root(args.data_root, out, tasks, "mosa bench accuracy")
     protocol = Protocol(
         tasks=tasks,
         methods=methods,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosa.bench.accuracy import Variant, _run_all
+from mosa.bench.accuracy import Variant, _run_all, task_root
 from mosa.bench.accuracy import plan_run as plan_variant
 from mosa.checkpoint import atomic_write_bytes, atomic_write_json
 from mosa.engine.sweep import SweepRun
@@ -429,18 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = tuple(t for t in (args.tasks or "").split(",") if t) or (
         QUICK_TASKS if args.quick else STUDY_TASKS
     )
-    if args.data_root:
-        data_root = Path(args.data_root)
-        missing = [t for t in tasks if not (data_root / t).is_dir()]
-        if missing:
-            raise SystemExit(
-                f"mosa bench study: task folder(s) not found under {data_root}: {', '.join(missing)}"
-            )
-    else:
-        from mosa.data.prepare import prepare_tasks
-
-        data_root = out / "data"
-        prepare_tasks(data_root, list(tasks), seed=0)
+    data_root = task_root(args.data_root, out, tasks, "mosa bench study")
     jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8))
     study = Study(out, str(data_root), tasks, jobs, print)
     start = time.perf_counter()
