@@ -72,7 +72,9 @@ def test_expert_biases_train_per_expert_and_count_as_extra(
 ) -> None:
     cfg = MethodConfig(method="mosa", bias="expert", num_experts=3)
     model = mosa.inject(make_model("vit"), cfg)
-    shared = mosa.inject(make_model("vit"), MethodConfig(method="mosa", num_experts=3))
+    shared = mosa.inject(
+        make_model("vit"), MethodConfig(method="mosa", num_experts=3, bias="shared")
+    )
     splits = list(mosa.model.mosa_modules(model))
     assert splits and all(m.bias.shape == (3, m.out_features) for m in splits)
     extra = sum(2 * m.out_features for m in splits)

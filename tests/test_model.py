@@ -143,7 +143,10 @@ def _check_sparse_grads(model: nn.Module, union: bool = False) -> int:
         # Up expert passes no gradient back to its Down row)
         frac = float((g[mask] != 0).float().mean())
         assert frac > 0.5, f"{name}: only {frac:.0%} of the picked entries got gradient"
-        if m.bias is not None:  # the bias is dense (same caveat for a split Down's bias)
+        if m.bias is not None and m.expert_bias:  # only the picked experts' bias rows
+            rows = m.bias.grad.abs().sum(1) > 0
+            assert rows.tolist() == [k in ks for k in range(m.num_experts)], f"{name}: bias"
+        elif m.bias is not None:  # a shared bias is dense (same caveat for a split Down's)
             assert torch.count_nonzero(m.bias.grad) > 0.5 * m.bias.numel(), f"{name}: bias"
     for name, p in model.named_parameters():
         if is_mosa_name(name) and not any(name.startswith(n + ".") for n, _ in splits):
@@ -361,7 +364,7 @@ def test_rng_state_of_another_model_is_refused(make_model: MakeModel) -> None:
 @contextlib.contextmanager
 def _forced(m: MoSALinear, k: int) -> Iterator[None]:
     """Make ``m`` apply expert ``k`` whatever its mode (an instance-level forward)."""
-    m.forward = lambda x: F.linear(x, m.expert_weight(k), m.bias)  # type: ignore[method-assign]
+    m.forward = lambda x: F.linear(x, m.expert_weight(k), m.expert_bias_of(k))  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -412,12 +415,8 @@ def test_merged_adapter_is_the_average_of_its_experts(
                 with _forced(split, k):
                     experts.append(mod(inp))
         stack = torch.stack(experts)
-        if merge_rule == "mean":
-            want = stack.mean(0)
-        else:  # sum of the experts' weights: every expert's output once, the bias once
-            bias = split.bias if split.bias is not None else 0.0
-            scale = mod.scale if method == "mosa" else mod.scaling
-            want = stack.sum(0) - (n - 1) * scale * bias
+        # sum: the sum of the experts' weights and of their biases, every expert's output once
+        want = stack.mean(0) if merge_rule == "mean" else stack.sum(0)
         torch.testing.assert_close(merged, want, rtol=0, atol=1e-5)
         # the experts really differ (so the average is not trivially one of them)
         assert (stack[0] - stack[1]).abs().max() > 1e-4, name
@@ -471,10 +470,17 @@ def test_mosa_has_the_trainable_parameters_of_one_adapter(
 ) -> None:
     ada = mosa.summary(mosa.inject(make_model("vit"), MethodConfig(method="adapter", style=style)))
     mo = mosa.summary(
-        mosa.inject(make_model("vit"), MethodConfig(method="mosa", style=style, share=share))
+        mosa.inject(
+            make_model("vit"), MethodConfig(method="mosa", style=style, share=share, bias="shared")
+        )
     )
     assert mo["trainable"] == ada["trainable"]
     assert mo["adapter"] == ada["adapter"]
+    # the paper's per-expert biases add exactly (N-1)·out per split projection, and say so
+    paper = mosa.summary(
+        mosa.inject(make_model("vit"), MethodConfig(method="mosa", style=style, share=share))
+    )
+    assert paper["trainable"] - ada["trainable"] == paper["expert_bias_extra"] > 0
     # and that count is what one bottleneck adapter per site should have (d=48, r=16)
     d, r, sites = 48, 16, 2 * (2 if style == "houlsby" else 1)
     norm = 2 * d if style != "houlsby" else 0

@@ -40,7 +40,9 @@ def test_adapter_formula_and_zero_init(method: str, style: str) -> None:
         assert isinstance(ad.norm, nn.LayerNorm)
     down_w = ad.down.merged_weight() if isinstance(ad.down, MoSALinear) else ad.down.weight
     up_w = ad.up.merged_weight() if isinstance(ad.up, MoSALinear) else ad.up.weight
-    want = F.linear(act(F.linear(h, down_w, ad.down.bias)), up_w, ad.up.bias) * scale
+    down_b = ad.down.merged_bias() if isinstance(ad.down, MoSALinear) else ad.down.bias
+    up_b = ad.up.merged_bias() if isinstance(ad.up, MoSALinear) else ad.up.bias
+    want = F.linear(act(F.linear(h, down_w, down_b)), up_w, up_b) * scale
     with torch.no_grad():
         torch.testing.assert_close(ad(x), want, rtol=1e-5, atol=1e-6)
 

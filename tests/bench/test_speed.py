@@ -272,7 +272,7 @@ def test_reference_model_trains_merges_and_counts() -> None:
         torch.testing.assert_close(a(h), expert_mean_output(a, h))
     # per split projection the reference stores N expert copies plus a merge copy (float32),
     # mosa one float32 tensor plus a uint8 owner index: ~N times the bytes
-    ours = mosa.inject(_tiny_vit(), mosa.MethodConfig(method="mosa", bottleneck=2))
+    ours = mosa.inject(_tiny_vit(), mosa.MethodConfig(method="mosa", bottleneck=2, bias="shared"))
     splits = [m for m in ours.modules() if isinstance(m, MoSALinear)]
     ours_b = sum(t.nbytes for m in splits for t in m.state_dict().values())
     ref_b = sum(t.nbytes for a in ads for t in a.up.state_dict().values())

@@ -43,9 +43,11 @@ def test_help_exits_0_and_shows_an_example(cmd, capsys):
 class FakeTrain:
     def __init__(self) -> None:
         self.calls: list[tuple[object, bool]] = []
+        self.progress: list[bool] = []
 
-    def __call__(self, config, *, model=None, datasets=None, resume=False):
+    def __call__(self, config, *, model=None, datasets=None, resume=False, progress=True):
         self.calls.append((config, resume))
+        self.progress.append(progress)
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict()))
@@ -82,7 +84,9 @@ def test_train_passes_the_resolved_config(fake_train, tmp_path, capsys):
 def test_train_without_config_runs_the_default_recipe(fake_train, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train"]) == 0
-    ((cfg, _),) = fake_train.calls
+    assert main(["train", "--out", "q", "--quiet"]) == 0
+    assert fake_train.progress == [True, False]  # --quiet: no per-epoch lines, no bar
+    (cfg, _), _ = fake_train.calls
     assert (cfg.backbone, cfg.method.method, cfg.data[0].task) == (
         "mosa_vit_fmnist",
         "mosa",
@@ -122,7 +126,9 @@ def test_print_config_does_not_train(fake_train, capsys):
     assert "method: lora" in out and "task: dtd" in out
 
 
-def test_demo_trains_mosa_adapter_and_linear_and_prints_three_rows(fake_train, tmp_path, monkeypatch, capsys):
+def test_demo_trains_mosa_adapter_and_linear_and_prints_three_rows(
+    fake_train, tmp_path, monkeypatch, capsys
+):
     import mosa.data.prepare as prepare
 
     prepared = []

@@ -112,7 +112,7 @@ def test_sparse_adamw_leaves_unpicked_experts_alone() -> None:
     plain_p = nn.Parameter(w0.clone())
     sparse_p = nn.Parameter(w0.clone())
     plain = torch.optim.AdamW([plain_p], lr=0.1, weight_decay=0.1)
-    sparse = SparseAdamW([sparse_p], lr=0.1, weight_decay=0.1, masked=[sparse_p])
+    sparse = SparseAdamW([sparse_p], lr=0.1, weight_decay=0.1, masked=[sparse_p], mode="local")
     # step 1: the masked entries get a gradient; step 2: zero gradient everywhere (not picked)
     for g in (torch.where(mask, torch.ones(4, 6), torch.zeros(4, 6)), torch.zeros(4, 6)):
         plain_p.grad, sparse_p.grad = g.clone(), g.clone()

@@ -51,7 +51,7 @@ TRAIN_VARIANTS: dict[str, str] = {
     "adapter": "AdaptFormer parallel adapter",
     "mosa": "MoSA adapter (one tensor + owner index), consistency off",
     "mosa_consistency": "MoSA, 2 passes (one doubled-batch forward) + symmetric KL, CE on pass 1",
-    "mosa_sparse_adamw": "MoSA with the engine's default optimizer (expert-local AdamW)",
+    "mosa_sparse_adamw": "MoSA with the engine's expert-local AdamW (optim.expert_updates=local)",
     "lora": "LoRA on q and v",
     "mosa_lora": "MoSA-LoRA on q and v",
     "mosa_reference": "reference-style MoSA: N expert copies + merge copy, grads masked",
@@ -481,7 +481,8 @@ def _build_variant(
         from mosa.engine.config import OptimConfig
         from mosa.engine.optim import ExpertTracker, build_optimizer
 
-        opt = build_optimizer(model, OptimConfig(lr=LR, weight_decay=WEIGHT_DECAY))
+        ocfg = OptimConfig(lr=LR, weight_decay=WEIGHT_DECAY, expert_updates="local")
+        opt = build_optimizer(model, ocfg)
         return Variant(name, model, opt, tracker=ExpertTracker(model))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
@@ -570,7 +571,16 @@ def run_speed_bench(
     if rounds < 1 or batch < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {rounds} and {batch}")
     warmup, infer_rounds = preset.warmup, preset.infer_steps
-    method = {"bottleneck": 16, "rank": 16, "num_experts": 4, "share": "down", "seed": 3407}
+    # shared biases: the single-tensor layout at exactly the adapter's trainable parameters
+    # (the paper's per-expert biases add (N-1)·out per split projection; see mosa.summary)
+    method = {
+        "bottleneck": 16,
+        "rank": 16,
+        "num_experts": 4,
+        "share": "down",
+        "seed": 3407,
+        "bias": "shared",
+    }
     method.update(preset.method)
     amp = preset.amp_dtype if dev.type == "cuda" else None
     rng = random.Random(seed)

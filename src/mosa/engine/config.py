@@ -80,11 +80,11 @@ class OptimConfig:
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU; "bf16" | "off"
     min_lr: float = 0.0
     eps: float = 1e-8  # AdamW's eps (the reference code uses 1e-6)
-    # MoSA split projections: "local" = an expert is updated, decayed and step-counted only in
-    # steps where it was picked (N copies without gradient when unused); "reference" = the
-    # paper's code on torch 1.11: every expert picked at least once keeps getting AdamW
-    # updates (momentum, weight decay) every step
-    expert_updates: str = "local"
+    # MoSA split projections: "reference" (default) = the paper's code on torch 1.11: every
+    # expert picked at least once keeps getting AdamW updates (momentum, weight decay) every
+    # step; "local" = an expert is updated, decayed and step-counted only in steps where it
+    # was picked (N copies without gradient when unused)
+    expert_updates: str = "reference"
     # lr multiplier for the split projections' tensors (our option, not the paper's): each
     # entry is trained in 1/N of the steps and the merge divides by N, so the merged weight
     # moves more slowly than a dense adapter's at the same lr
@@ -227,7 +227,7 @@ def _legacy_optim(d: dict[str, Any]) -> dict[str, Any]:
         return d
     d = dict(d)
     legacy = d.pop("sparse_updates")
-    d.setdefault("expert_updates", "local" if legacy else "reference")
+    d.setdefault("expert_updates", "local" if legacy else "reference")  # legacy default: True
     return d
 
 

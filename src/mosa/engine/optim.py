@@ -140,7 +140,7 @@ class SparseAdamW(torch.optim.AdamW):
         *,
         masked: Iterable[nn.Parameter] = (),
         experts: Iterable[MoSALinear] = (),
-        mode: str = "local",
+        mode: str = "reference",
         **kwargs: Any,
     ) -> None:
         super().__init__(params, **kwargs)

@@ -567,6 +567,11 @@ class _Run:
             "tasks": task_records,
         }
         self._check_routing(f"epoch {epoch}")
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
+            raise TrainingDivergedError(
+                epoch, len(order) - 1, state.global_step - 1, math.nan, lr, "weights", str(self.out)
+            )
         bad_val = [v for v in val_losses if not math.isfinite(v)]
         if bad_val:  # eval logits went non-finite: never checkpoint or report such a model
             raise TrainingDivergedError(
@@ -577,11 +582,6 @@ class _Run:
                 lr,
                 "val loss",
                 str(self.out),
-            )
-        if not all(bool(torch.isfinite(p).all()) for p in self.params):
-            # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
-            raise TrainingDivergedError(
-                epoch, len(order) - 1, state.global_step - 1, math.nan, lr, "weights", str(self.out)
             )
         record["epoch_seconds"] = time.perf_counter() - t0
         state.history.append(record)
