@@ -19,6 +19,7 @@ study resumes; ``study.json`` / ``study.md`` / ``study.png`` are rewritten after
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -350,6 +351,16 @@ def render(rows: list[dict[str, Any]], records: list[dict[str, Any]], tasks: Seq
     return "\n".join(lines) + "\n"
 
 
+def _render_curves(curves: dict[str, Any]) -> str:
+    if not curves:
+        return ""
+    lines = ["", "Plain adapter: train accuracy (%) after each epoch (chosen lr, seed 0):", ""]
+    for setting, tasks in curves.items():
+        for task, accs in tasks.items():
+            lines.append(f"- {setting} / {task}: " + ", ".join(f"{a:g}" for a in accs))
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """The test gap to the adapter (or LoRA) per setting x variant, with seed std bars."""
     import io
@@ -382,6 +393,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def train_curves(records: list[dict[str, Any]], variant: str = "adapter") -> dict[str, Any]:
+    """Per setting and task: ``variant``'s train accuracy (%) after each epoch of its chosen
+    seed-0 run (from its ``metrics.jsonl``), to see where the schedule saturates it."""
+    curves: dict[str, Any] = {}
+    for r in records:
+        path = Path(r["run_dir"]) / "metrics.jsonl"
+        if r["variant"] != variant or r["seed"] != 0 or not path.is_file():
+            continue
+        lines = path.read_text().splitlines()
+        accs = [round(100 * json.loads(ln)["train_acc"], 1) for ln in lines if ln.strip()]
+        curves.setdefault(r["setting"], {})[r["task"]] = accs
+    return curves
+
+
 def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     records = study.records()
     rows = gaps(records)
@@ -398,8 +423,13 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
         "backbone": "mosa_vit_fmnist",
         "wall_s": round(elapsed),
     }
-    atomic_write_json(out / "study.json", {"protocol": protocol, "rows": rows, "records": records})
-    atomic_write_bytes(out / "study.md", render(rows, records, study.tasks).encode())
+    curves = train_curves(records)
+    atomic_write_json(
+        out / "study.json",
+        {"protocol": protocol, "rows": rows, "records": records, "adapter_train_acc": curves},
+    )
+    md = render(rows, records, study.tasks) + _render_curves(curves)
+    atomic_write_bytes(out / "study.md", md.encode())
     png = (
         plot(rows, out / "study.png") if any(r.get("gap_test") is not None for r in rows) else None
     )
