@@ -183,3 +183,14 @@ def test_optimizer_state_flat_round_trip() -> None:
         optimizer_state_from_flat(
             opt3, {id(p): n for n, p in other.named_parameters()}, tensors, meta
         )
+
+
+def test_configs_written_with_sparse_updates_still_load() -> None:
+    from mosa.engine.config import TrainConfig
+
+    for legacy, mode in ((True, "local"), (False, "reference")):
+        cfg = TrainConfig.from_dict({"optim": {"sparse_updates": legacy}})
+        assert cfg.optim.expert_updates == mode
+    assert OptimConfig().expert_updates == "reference"  # the paper's rule is the default
+    with pytest.raises(ValueError, match="expert_updates must be local or reference"):
+        OptimConfig(expert_updates="dense")
