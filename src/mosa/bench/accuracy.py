@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun, progress_note, run_dir_name, run_one
+from mosa.engine.sweep import SweepRun, log_line, progress_note, run_dir_name, run_one
 from mosa.recipes import load_config
 
 
@@ -240,7 +240,7 @@ def run_protocol(
     *,
     jobs: int = 2,
     threads: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_line,
 ) -> list[dict[str, Any]]:
     """Run the selection phase and the seed phase; return one record per task x method x seed."""
     out = Path(out)

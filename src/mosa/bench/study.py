@@ -31,7 +31,7 @@ from typing import Any
 from mosa.bench.accuracy import Variant, _run_all, task_root
 from mosa.bench.accuracy import plan_run as plan_variant
 from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun
+from mosa.engine.sweep import SweepRun, log_line
 
 STUDY_TASKS = ("digits_noisy", "fmnist_loc", "fmnist_count")  # the largest MoSA gaps
 QUICK_TASKS = ("digits_noisy",)
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     data_root = task_root(args.data_root, out, tasks, "mosa bench study")
     jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8))
-    study = Study(out, str(data_root), tasks, jobs, print)
+    study = Study(out, str(data_root), tasks, jobs, log_line)
     start = time.perf_counter()
     blocks = BLOCKS[:1] if args.quick else BLOCKS
     for i, (setting, variants) in enumerate(blocks):

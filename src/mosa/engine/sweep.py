@@ -83,6 +83,11 @@ def _fmt_lr(lr: float) -> str:
     return f"{lr:g}"
 
 
+def log_line(text: str) -> None:
+    """Print a progress line at once, also when stdout is a file (block-buffered)."""
+    print(text, flush=True)
+
+
 def progress_note(done: int, total: int, running: int, elapsed_s: float, trained: int) -> str:
     """``"12/99 done, 2 running, 85 left, ETA 41 min"``; the ETA extrapolates the wall time
     per run trained in this process (``elapsed_s / trained``, parallel runs included) over
@@ -336,7 +341,7 @@ def run_sweep(
     *,
     train_fn: TrainFn | None = None,
     keep_going: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = log_line,
     manifest: str | Path | None = None,
 ) -> SweepResult:
     """Run every planned run in order (see :func:`run_one`).
