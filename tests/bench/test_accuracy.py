@@ -123,3 +123,9 @@ def test_end_to_end_on_prepared_tasks(tmp_path, data_missing):
     assert accuracy.main(argv) == 0
     with pytest.raises(SystemExit, match="--lrs wants numbers"):
         accuracy.main([*argv, "--lrs", "fast"])
+
+
+def test_every_method_has_a_grid_in_both_modes():
+    for grid in (accuracy.LR_GRID, accuracy.QUICK_LR_GRID):
+        assert set(grid) == set(accuracy.METHODS)
+    assert set(accuracy.QUICK_METHODS) <= set(accuracy.QUICK_LR_GRID)

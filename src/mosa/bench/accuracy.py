@@ -87,8 +87,8 @@ LR_GRID: dict[str, tuple[float, ...]] = {
 QUICK_LR_GRID: dict[str, tuple[float, ...]] = {
     "linear": (1e-1, 3e-1),
     "full": (3e-4, 1e-3),
-    **{m: (2e-2, 4e-2) for m in ("adapter", "adapter_cons", "mosa", "mosa_paper")},
-    **{m: (1e-2, 2e-2) for m in ("lora", "lora_cons", "mosa_lora", "mosa_lora_paper")},
+    **{m: (2e-2, 4e-2) for m in METHODS if m.startswith(("adapter", "mosa")) and "lora" not in m},
+    **{m: (1e-2, 2e-2) for m in METHODS if "lora" in m},
 }
 SUITE_TASKS = (
     "digits",
