@@ -4,7 +4,10 @@
 #   parameter and AdamW-state sizes of linear / adapter / mosa (consistency off and on) / lora /
 #   mosa_lora / reference-style N-copy MoSA; inference img/s of the backbone, adapter and the
 #   merged methods; images/s and the fraction of the measured bf16 matmul rate (8192^3) reached
-#   by frozen-backbone training, from an analytic FLOP count (mosa.bench.flops).
+#   by frozen-backbone training, from an analytic FLOP count (mosa.bench.flops); with --compile,
+#   torch.compile (inductor) rows for adapter / mosa / mosa with consistency / lora / mosa_lora
+#   beside the eager ones, timed in the same interleaved rounds, and each one's compiled/eager
+#   ratio (compilation happens in the warm-up rounds, untimed).
 # Writes $OUT/speed_cuda.json and .txt when OUT is set, else runs/. Extra arguments go to
 # `python -m mosa.bench.speed` (e.g. --steps 80). PYTHON picks the interpreter.
 set -euo pipefail
@@ -29,8 +32,9 @@ fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm \
     --format=csv,noheader || true
 
-# the benchmark itself takes about a minute; the limit keeps the whole script inside 8 minutes
-timeout 450 "$py" -m mosa.bench.speed --device cuda --out "$out_dir/speed_cuda.json" "$@" \
+# eager rows take about a minute, compiling five variants a few more; the limit keeps the whole
+# script inside 9 minutes
+timeout 500 "$py" -m mosa.bench.speed --device cuda --compile --out "$out_dir/speed_cuda.json" "$@" \
     | tee "$out_dir/speed_cuda.txt"
 
 "$py" - "$out_dir/speed_cuda.json" <<'PY'
@@ -43,9 +47,11 @@ print(f"\nViT-B/16 frozen-backbone training on {r['device_name']} ({r['dtype']},
       f"{r['batch_size']}); measured matmul rate {fl['matmul_rate_flops_per_s'] / 1e12:.0f} "
       f"TFLOP/s ({fl['matmul']}):")
 for name, p in fl["per_variant"].items():
-    print(f"  {name:<17} {p['train_img_s']:8.1f} img/s  "
+    print(f"  {name:<26} {p['train_img_s']:8.1f} img/s  "
           f"{p['achieved_flops_per_s'] / 1e12:7.1f} TFLOP/s  "
           f"{100 * p['fraction_of_ideal']:5.1f}% of ideal")
+for name, c in r.get("compiled_vs_eager", {}).items():
+    print(f"  {name}: compiled / eager step time {c['step']:.3f} (paired {c['paired']:.3f})")
 met = r["targets_met"]
 print("targets: " + ", ".join(f"{k} {r['ratios'][k]:.3f} {'ok' if v else 'MISSED'}"
                                for k, v in met.items()))

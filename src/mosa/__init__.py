@@ -3,6 +3,7 @@
 from mosa.checkpoint import CheckpointError, load_adapter, read_adapter_config, save_adapter
 from mosa.config import ConfigError, MethodConfig
 from mosa.model import (
+    draw_routes,
     forward_twice,
     get_rng_state,
     inject,
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "MethodConfig",
     "__version__",
+    "draw_routes",
     "forward_twice",
     "get_rng_state",
     "inject",

@@ -223,6 +223,17 @@ def routing_groups(model: nn.Module, groups: int) -> Iterator[nn.Module]:
             m.groups = g
 
 
+def draw_routes(model: nn.Module, batch_size: int) -> None:
+    """Draw every split projection's expert picks for the next training forward over
+    ``batch_size`` images (inside :func:`routing_groups`: the stacked batch). Forwards draw
+    for themselves when nobody did; drawing ahead, outside ``torch.compile``'s region, keeps the
+    seeded generators out of the graph (no graph break) with the same picks."""
+    for m in mosa_modules(model):
+        if m.training:
+            m.batch_hint = batch_size
+            m.draw_routes(batch_size)
+
+
 def forward_twice(
     model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +244,8 @@ def forward_twice(
     that mix samples (BatchNorm in train mode) would see both halves together; the supported
     ViT, Swin and ConvNeXt backbones normalise per sample (LayerNorm)."""
     with routing_groups(model, 2):
-        out = (forward or model)(torch.cat([x, x]))
+        draw_routes(model, 2 * x.shape[0])
+        out = (model if forward is None else forward)(torch.cat([x, x]))
     first, second = out.chunk(2)
     return first, second
 

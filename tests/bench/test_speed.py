@@ -6,6 +6,7 @@ itself runs once, on a tiny model, for a few steps.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -343,3 +344,31 @@ def test_flops_match_torch_flop_counter(method: str) -> None:
         ViTShape.from_model(model), 2, None if method == "linear" else 2
     ).total
     assert counter.get_total_flops() == expected
+
+
+def test_compile_adds_rows_ratios_and_flop_fractions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # plumbing only: dynamo's eager backend (inductor would spend minutes compiling on CPU)
+    compile_eager = functools.partial(torch.compile, backend="eager")
+    monkeypatch.setattr(speed.torch, "compile", compile_eager)
+    out = tmp_path / "speed.json"
+    argv = ["--quick", "--steps", "2", "--quiet", "--compile", "--out", str(out)]
+    assert speed.main(argv) == 0
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    compiled = [n + speed.COMPILED_SUFFIX for n in speed.COMPILED_VARIANTS]
+    assert list(rows) == [*speed.TRAIN_VARIANTS, *compiled]
+    for n in speed.COMPILED_VARIANTS:
+        r = result["compiled_vs_eager"][n]
+        step = rows[n + speed.COMPILED_SUFFIX]["train_step_s"] / rows[n]["train_step_s"]
+        assert r["step"] == pytest.approx(step) and r["paired"] > 0
+    # every row, eager or compiled, gets its step's share of the matmul rate measured in the run
+    per = result["flops"]["per_variant"]
+    assert set(per) == set(rows)
+    rate = result["flops"]["matmul_rate_flops_per_s"]
+    for n, p in per.items():
+        expected = p["train_flops_per_step"] / rows[n]["train_step_s"] / rate
+        assert p["fraction_of_ideal"] == pytest.approx(expected), n
+    assert per["lora_compiled"]["train_flops_per_step"] == per["lora"]["train_flops_per_step"]
+    assert per["lora"]["train_flops_per_step"] > per["linear"]["train_flops_per_step"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,10 +15,13 @@ import mosa
 from mosa.engine import train
 
 
-def main(out: str) -> None:
+def main(out: str, compile_backend: str | None = None) -> None:
     torch.set_num_threads(1)
     model = tiny_model()
-    summary = train(ddp_config(out), model=model, datasets=toy_datasets(), progress=False)
+    cfg = ddp_config(out)
+    if compile_backend:
+        cfg = dataclasses.replace(cfg, compile=True, compile_backend=compile_backend)
+    summary = train(cfg, model=model, datasets=toy_datasets(), progress=False)
     rank = int(os.environ["RANK"])
     # per-rank fingerprints: the routing streams and the trained tensors must agree across ranks
     routing = sorted(mosa.get_rng_state(model).items())
@@ -34,4 +38,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -40,7 +40,11 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 @pytest.mark.slow
-def test_two_gloo_processes_match_a_single_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compile_backend", [None, "aot_eager"], ids=["eager", "compiled"])
+def test_two_gloo_processes_match_a_single_process(
+    tmp_path: Path, compile_backend: str | None
+) -> None:
+    """Eager or through torch.compile (DDP's own graph splitting), against one eager process."""
     ddp_out = tmp_path / "ddp"
     env = {
         **os.environ,
@@ -58,6 +62,7 @@ def test_two_gloo_processes_match_a_single_process(tmp_path: Path) -> None:
         f"--master_port={_free_port()}",
         str(HERE / "ddp_worker.py"),
         str(ddp_out),
+        *([compile_backend] if compile_backend else []),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -70,21 +70,26 @@ class MoSALinear(nn.Module):
             self.register_buffer("weight_init", weight.detach().clone())
             self.register_buffer("init_scale", torch.ones(num_experts))
         self._route_gen = torch.Generator().manual_seed(int(route_seed))
+        # picks drawn ahead of the next training forward (``draw_routes``): a compiled forward
+        # then only reads a tensor, so the seeded generator never enters dynamo's graph
+        self.routes: torch.Tensor | None = None
         self.last_expert: torch.Tensor | int | None = None
+        self.drawn: set[int] = set()  # experts picked since the optimizer last looked
         # batch size of the model's current input (set by a model pre-hook in sample routing),
         # so layers that see B*k rows (Swin windows) still pick one expert per image
         self.batch_hint: int | None = None
         self.groups = 1
 
     # ------------------------------------------------------------------ experts
-    def expert_weight(self, k: int) -> torch.Tensor:
-        """The dense weight of expert ``k`` (differentiable in ``weight`` on its entries only)."""
-        mask = self.owner == k
+    def expert_weight(self, k: int | torch.Tensor) -> torch.Tensor:
+        """The dense weight of expert ``k`` (differentiable in ``weight`` on its entries only);
+        ``k`` an int or a 1-element tensor."""
+        mask = self.owner == (k.view(1, 1) if isinstance(k, torch.Tensor) else k)
         if self.weight_init is None:
             return self.weight * mask
         return torch.where(mask, self.weight, self.init_scale[k] * self.weight_init)
 
-    def expert_bias_of(self, k: int) -> torch.Tensor | None:
+    def expert_bias_of(self, k: int | torch.Tensor) -> torch.Tensor | None:
         """The bias expert ``k`` applies (the shared one unless biases are per expert)."""
         return self.bias[k] if self.expert_bias else self.bias
 
@@ -144,6 +149,21 @@ class MoSALinear(nn.Module):
     def _draw(self, n: int) -> torch.Tensor:
         return torch.randint(self.num_experts, (n,), generator=self._route_gen)
 
+    def draw_routes(self, images: int) -> torch.Tensor:
+        """Draw the picks of the next training forward over ``images`` images, in the order
+        the forward itself would draw them (``routing="batch"``: one per routing group;
+        ``"sample"``: one per image), and keep them for that forward. Call it outside a
+        compiled region: the forward then runs without a graph break."""
+        g = self.groups
+        if self.routing == "sample" and images % g:
+            raise ValueError(f"routing groups={g} need a batch divisible by {g}, got {images}")
+        n = 1 if self.routing == "batch" else images // g
+        picks = torch.cat([self._draw(n) for _ in range(g)])
+        self.last_expert = int(picks) if self.routing == "batch" and g == 1 else picks
+        self.drawn.update(picks.tolist())
+        self.routes = picks.to(self.owner.device)
+        return picks
+
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -154,41 +174,39 @@ class MoSALinear(nn.Module):
                 f"routing groups={g} need a leading dimension divisible by {g}, got input of "
                 f"shape {tuple(x.shape)}"
             )
-        if self.routing == "batch" or x.dim() < 2:
-            if g == 1:
-                k = int(self._draw(1))
-                self.last_expert = k
-                return F.linear(x, self.expert_weight(k), self.expert_bias_of(k))
-            # one draw per copy, in order: the same sequence as g separate forwards
-            picks = torch.cat([self._draw(1) for _ in range(g)])
-            self.last_expert = picks
+        batch_routed = self.routing == "batch" or x.dim() < 2
+        if self.routes is None:
+            self.draw_routes(1 if batch_routed else self._images(x.shape[0]))
+        picks, self.routes = self.routes, None
+        if batch_routed and g == 1:
+            k = picks[:1]  # a 1-element tensor: indexing with it stays in the graph
+            weight = self.expert_weight(k)
+            bias = None if self.bias is None else self.expert_bias_of(k)
+            return F.linear(x, weight, bias[0] if self.expert_bias else bias)
+        if batch_routed:
             w = self._expert_stack(picks)  # (g, out, in)
             flat = x.reshape(g, -1, x.shape[-1])
         else:
-            picks = self._sample_picks(x.shape[0])
+            if x.shape[0] % picks.shape[0]:
+                raise ValueError(
+                    f"routes were drawn for {picks.shape[0]} images, but the input has "
+                    f"{x.shape[0]} rows: call draw_routes with this forward's batch size"
+                )
+            # timm's window partition keeps windows of one image contiguous (batch-major)
+            picks = picks.repeat_interleave(x.shape[0] // picks.shape[0])
             w = self._expert_stack(picks)  # (rows, out, in)
             flat = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.bias is None:
             out = torch.bmm(flat, w.transpose(1, 2))
         else:  # fused bias: a separate add (and its backward reduction) costs ~1% of a ViT step
-            bias = (
-                self.bias[picks.to(self.bias.device)].unsqueeze(1)
-                if self.expert_bias
-                else self.bias
-            )
+            bias = self.bias[picks].unsqueeze(1) if self.expert_bias else self.bias
             out = torch.baddbmm(bias, flat, w.transpose(1, 2))
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _sample_picks(self, rows: int) -> torch.Tensor:
-        """One expert per row of the leading dimension (per image when rows are windows)."""
-        g = self.groups
+    def _images(self, rows: int) -> int:
+        """How many images ``rows`` leading rows hold (Swin layers see windows of images)."""
         b = self.batch_hint
-        # timm's window partition keeps windows of one image contiguous (batch-major)
-        per_image = rows // b if b and rows != b and rows % b == 0 else 1
-        images = rows // per_image
-        picks = torch.cat([self._draw(images // g) for _ in range(g)])
-        self.last_expert = picks
-        return picks.repeat_interleave(per_image) if per_image > 1 else picks
+        return b if b and rows != b and rows % b == 0 else rows
 
     def _expert_stack(self, picks: torch.Tensor) -> torch.Tensor:
         """The dense weights of experts ``picks``, stacked: ``(len(picks), out, in)``."""

@@ -540,7 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)"
     )
     p.add_argument(
-        "--epochs", type=int, default=None, help=f"training epochs (default {TABLE_EPOCHS}; --quick: 5)"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"training epochs (default {TABLE_EPOCHS}; --quick: 5)",
     )
     p.add_argument(
         "--lrs",

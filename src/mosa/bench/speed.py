@@ -10,6 +10,12 @@ throughput (eval, no grad) for the backbone alone, ``adapter`` and the merged ``
 and ``mosa_lora``. Ratios to ``adapter`` (training) and to the backbone (inference) are all
 "time or memory of the variant / the baseline's": lower is better.
 
+``--compile`` adds ``<variant>_compiled`` rows (``torch.compile``, default inductor backend) for
+``adapter``, ``mosa``, ``mosa_consistency``, ``lora`` and ``mosa_lora``, timed in the same
+interleaved rounds as the eager rows, with the compiled/eager ratio per method. Every row also
+reports the fraction of the machine's matmul rate (measured in the same run, same threads) that
+its step reaches, from the step's matmul FLOPs.
+
 Run ``python -m mosa.bench.speed --device cpu --out speed.json`` (or ``--device cuda``).
 """
 
@@ -42,7 +48,7 @@ from mosa.adapters.sparse import MoSALinear
 from mosa.bench.flops import ViTShape, measure_matmul_rate, vit_train_flops
 from mosa.bench.reference import ReferenceSplitLinear, inject_reference, reference_state_dict
 from mosa.engine.losses import symmetric_kl
-from mosa.model import adapter_state_dict, forward_twice
+from mosa.model import adapter_state_dict, draw_routes, forward_twice
 
 # ------------------------------------------------------------------------------------ settings
 
@@ -56,6 +62,9 @@ TRAIN_VARIANTS: dict[str, str] = {
     "mosa_lora": "MoSA-LoRA on q and v",
     "mosa_reference": "reference-style MoSA: N expert copies + merge copy, grads masked",
 }
+# methods that --compile adds a compiled row for (named "<method>_compiled")
+COMPILED_VARIANTS = ("adapter", "mosa", "mosa_consistency", "lora", "mosa_lora")
+COMPILED_SUFFIX = "_compiled"
 # inference variant -> what is timed
 INFER_VARIANTS: dict[str, str] = {
     "linear": "backbone",
@@ -177,6 +186,7 @@ class Variant:
     optimizer: torch.optim.Optimizer
     consistency: bool = False
     tracker: Any = None  # engine ExpertTracker feeding SparseAdamW its expert masks
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # e.g. torch.compile(model)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -192,11 +202,13 @@ def train_step(
     v.optimizer.zero_grad(set_to_none=True)
     if v.tracker is not None:
         v.tracker.reset()
+    forward = v.model if v.forward is None else v.forward
     with _autocast(device, dtype):
         if v.consistency:  # the engine's way: both passes as one forward on a doubled batch
-            logits, logits2 = forward_twice(v.model, x)
+            logits, logits2 = forward_twice(v.model, x, forward)
         else:
-            logits, logits2 = v.model(x), None
+            draw_routes(v.model, x.shape[0])  # as the engine: picks drawn outside the forward
+            logits, logits2 = forward(x), None
     loss = F.cross_entropy(logits.float(), y)
     if logits2 is not None:
         loss = loss + symmetric_kl(logits, logits2)
@@ -545,6 +557,7 @@ def run_speed_bench(
     quick: bool = False,
     seed: int = 0,
     threads: int | None = None,
+    compile: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark, write the JSON to ``out`` (if given) and return the result dict.
@@ -556,6 +569,7 @@ def run_speed_bench(
     ``threads``: CPU intra-op threads; on CPU the default is 1, because on a shared machine
     multi-threaded steps stall at every OpenMP barrier whenever another process holds a core,
     which swings step times by 2-3x and swamps the differences being measured.
+    ``compile``: add the ``torch.compile`` rows (their compilation happens in the warm-up).
     """
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
@@ -593,10 +607,14 @@ def run_speed_bench(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, chans, h, w, generator=gen).to(dev)
     y = torch.randint(preset.num_classes, (batch,), generator=gen).to(dev)
-    say(
-        f"[speed] {name} {h}x{w}, batch {batch}, {dev.type}, building {len(TRAIN_VARIANTS)} variants"
-    )
     variants = {n: _build_variant(n, base, method, dev) for n in TRAIN_VARIANTS}
+    if compile:
+        for n in COMPILED_VARIANTS:
+            v = _build_variant(n, base, method, dev)
+            v.name, v.forward = n + COMPILED_SUFFIX, torch.compile(v.model)
+            variants[v.name] = v
+    say(f"[speed] {name} {h}x{w}, batch {batch}, {dev.type}, {len(variants)} variants")
+    step_flops = _counted_flops(variants, x, y)
 
     # ---- training time, interleaved
     def stepper(v: Variant) -> Callable[[], None]:
@@ -628,7 +646,7 @@ def run_speed_bench(
         q1, q3 = _quantiles(times[n])
         rows[n] = {
             "variant": n,
-            "description": TRAIN_VARIANTS[n],
+            "description": _description(n),
             "train_step_s": med,
             "train_step_s_q1": q1,
             "train_step_s_q3": q3,
@@ -691,7 +709,7 @@ def run_speed_bench(
     )
 
     # ---- FLOP accounting (ViTs only)
-    flops = _flop_section(base, rows, method["bottleneck"], batch, dev, amp, preset)
+    flops = _flop_section(base, rows, method["bottleneck"], batch, dev, amp, preset, step_flops)
 
     ratios = _ratios(rows)
     result: dict[str, Any] = {
@@ -725,9 +743,10 @@ def run_speed_bench(
             "slow drift or noise in machine load does not favour any one variant"
         ),
         "memory_method": MEMORY_METHOD_CUDA if dev.type == "cuda" else MEMORY_METHOD_CPU,
-        "rows": [rows[n] for n in TRAIN_VARIANTS],
+        "rows": list(rows.values()),
         "ratios": ratios,
         "paired_ratios": _paired_ratios(times),
+        "compiled_vs_eager": _compiled_ratios(rows, times),
         "other_ratios": _other_ratios(rows),
         "targets": dict(TARGETS),
         "targets_met": {
@@ -830,6 +849,25 @@ def _other_ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     }
 
 
+def _counted_flops(
+    variants: dict[str, Variant], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, int]:
+    """FLOPs of one eager forward + backward, counted by torch's FlopCounterMode, for the rows
+    the analytic ViT count does not cover (LoRA's q/v branches)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out: dict[str, int] = {}
+    for n in ("lora", "mosa_lora"):
+        if n not in variants:
+            continue
+        model = variants[n].model
+        with FlopCounterMode(display=False) as counter:
+            F.cross_entropy(model(x).float(), y).backward()
+        model.zero_grad(set_to_none=True)
+        out[n] = int(counter.get_total_flops())
+    return out
+
+
 def _flop_section(
     base: nn.Module,
     rows: dict[str, dict[str, Any]],
@@ -838,47 +876,77 @@ def _flop_section(
     dev: torch.device,
     amp: torch.dtype | None,
     preset: Preset,
+    counted: dict[str, int],
 ) -> dict[str, Any] | None:
-    """Analytic matmul FLOPs per step, the measured matmul rate, and the achieved fraction."""
+    """Matmul FLOPs per step (analytic, or ``counted`` by torch), the matmul rate measured now,
+    and the fraction of it that each row's step reaches."""
     try:
         shape = ViTShape.from_model(base)
     except (TypeError, AttributeError):
         return None
     dtype = amp or torch.float32
     rate = measure_matmul_rate(dev, dtype, preset.matmul_n, preset.matmul_iters)
-    counts = {
+    adapter = vit_train_flops(shape, batch, bottleneck)
+    analytic = {
         "linear": vit_train_flops(shape, batch, None),
-        "adapter": vit_train_flops(shape, batch, bottleneck),
-        "mosa": vit_train_flops(shape, batch, bottleneck),
+        "adapter": adapter,
+        "mosa": adapter,
+        "mosa_sparse_adamw": adapter,
+        "mosa_reference": adapter,
         "mosa_consistency": vit_train_flops(shape, batch, bottleneck, passes=2),
-        "mosa_reference": vit_train_flops(shape, batch, bottleneck),
     }
     per_variant: dict[str, Any] = {}
-    for n, c in counts.items():
-        step = rows[n]["train_step_s"]
-        achieved = c.total / step if step else None
+    for n, row in rows.items():
+        method = n.removesuffix(COMPILED_SUFFIX)
+        total = analytic[method].total if method in analytic else counted.get(method)
+        if total is None:
+            continue
+        step = row["train_step_s"]
+        achieved = total / step if step else None
         per_variant[n] = {
-            "train_flops_per_step": c.total,
-            "train_img_s": rows[n]["train_img_s"],
+            "train_flops_per_step": total,
+            "flops_from": "analytic" if method in analytic else "torch FlopCounterMode",
+            "train_img_s": row["train_img_s"],
             "achieved_flops_per_s": achieved,
             "fraction_of_ideal": achieved / rate if achieved else None,
         }
-        rows[n]["train_flops_per_step"] = c.total
-        rows[n]["train_flop_fraction"] = per_variant[n]["fraction_of_ideal"]
+        row["train_flops_per_step"] = total
+        row["train_flop_fraction"] = per_variant[n]["fraction_of_ideal"]
     return {
         "what": (
             "matmul FLOPs only: forward + activation-gradient backward with a frozen backbone "
             "(no backbone weight gradients; attention matmuls cost 2x forward backward; the "
             "patch embedding and block 0's backbone ops need no backward); adapter and head "
-            "weight gradients included"
+            "weight gradients included; LoRA rows counted by torch.utils.flop_counter"
         ),
         "shape": {**shape.__dict__, "tokens": shape.tokens},
-        "adapter_train_step": counts["adapter"].to_dict(),
+        "adapter_train_step": adapter.to_dict(),
         "matmul_rate_flops_per_s": rate,
         "matmul": f"{preset.matmul_n}^3 {str(dtype).replace('torch.', '')}, "
-        f"{preset.matmul_iters} reps",
+        f"{preset.matmul_iters} reps, {torch.get_num_threads()} CPU thread(s)",
         "per_variant": per_variant,
     }
+
+
+def _description(name: str) -> str:
+    method = name.removesuffix(COMPILED_SUFFIX)
+    return TRAIN_VARIANTS[method] + ("; torch.compile" if method != name else "")
+
+
+def _compiled_ratios(
+    rows: dict[str, dict[str, Any]], times: dict[str, list[float]]
+) -> dict[str, dict[str, float | None]]:
+    """Compiled over eager step time per method: ratio of medians and median per-round ratio."""
+    out: dict[str, dict[str, float | None]] = {}
+    for n in COMPILED_VARIANTS:
+        c = n + COMPILED_SUFFIX
+        if c in rows:
+            pairs = [a / b for a, b in zip(times[c], times[n], strict=True) if b > 0]
+            out[n] = {
+                "step": _ratio(rows[c]["train_step_s"], rows[n]["train_step_s"]),
+                "paired": statistics.median(pairs) if pairs else None,
+            }
+    return out
 
 
 # ------------------------------------------------------------------------------------ output
@@ -905,13 +973,13 @@ def format_speed_table(result: dict[str, Any]) -> str:
         f"rounds, AdamW step included; {result['order'].split(':')[0]} order "
         "(each round runs every variant once, freshly shuffled)",
         "",
-        f"{'variant':<17}{'step ms':>9}{'q1-q3 ms':>14}{'min ms':>8}{'x adapt':>8}{'peak MiB':>10}"
+        f"{'variant':<27}{'step ms':>9}{'q1-q3 ms':>14}{'min ms':>8}{'x adapt':>8}{'peak MiB':>10}"
         f"{'x adapt':>8}{'trainable':>11}{'stored':>10}{'opt KiB':>9}",
     ]
     for n, r in rows.items():
         q = f"{_fmt(r['train_step_s_q1'], '.1f', 1e3)}-{_fmt(r['train_step_s_q3'], '.1f', 1e3)}"
         lines.append(
-            f"{n:<17}{_fmt(r['train_step_s'], '.1f', 1e3):>9}{q:>14}"
+            f"{n:<27}{_fmt(r['train_step_s'], '.1f', 1e3):>9}{q:>14}"
             f"{_fmt(r.get('train_step_s_min'), '.1f', 1e3):>8}"
             f"{_fmt(_ratio(r['train_step_s'], ad['train_step_s']), '.3f'):>8}"
             f"{_fmt(r['peak_mem_bytes'], '.1f', 1 / 2**20):>10}"
@@ -935,6 +1003,11 @@ def format_speed_table(result: dict[str, Any]) -> str:
         met = result["targets_met"].get(k)
         tail = f"  target <= {t}: {'met' if met else 'NOT met'}" if t is not None else ""
         lines.append(f"  {k:<38}{_fmt(v, '.3f'):>8}{tail}")
+    for n, r in (result.get("compiled_vs_eager") or {}).items():
+        lines.append(
+            f"  {n + ' compiled / eager step':<38}{_fmt(r['step'], '.3f'):>8}"
+            f"  (paired {_fmt(r['paired'], '.3f')})"
+        )
     pr = result.get("paired_ratios") or {}
     if pr:
         lines.append(
@@ -968,7 +1041,7 @@ def format_speed_table(result: dict[str, Any]) -> str:
         ]
         for n, p in fl["per_variant"].items():
             lines.append(
-                f"  {n:<17}{p['train_flops_per_step'] / 1e9:>10.1f} GFLOP/step"
+                f"  {n:<26}{p['train_flops_per_step'] / 1e9:>10.1f} GFLOP/step"
                 f"{_fmt(p['train_img_s'], '.1f'):>10} img/s"
                 f"{_fmt(p['fraction_of_ideal'], '.3f'):>8} of ideal"
             )
@@ -991,6 +1064,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument(
+        "--compile", action="store_true", help="add torch.compile rows beside the eager ones"
+    )
     a = p.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -1006,6 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=a.quick,
         seed=a.seed,
         threads=a.threads,
+        compile=a.compile,
         log=None if a.quiet else log,
     )
     print(format_speed_table(result))

@@ -141,6 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume = False
     if args.device:
         cfg.device = _device(args.device)
+    if args.compile:
+        cfg.compile = True
     cfg = format_out(cfg) if "{" in cfg.out else cfg
     if args.print_config:
         print(dump_yaml(cfg.to_dict()), end="")
@@ -722,6 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines or progress bar")
+    s.add_argument(
+        "--compile", action="store_true", help="train through torch.compile (= compile=true)"
+    )
     s.set_defaults(func=cmd_train)
 
     # ---------------------------------------------------------------- eval

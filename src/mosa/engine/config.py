@@ -158,6 +158,8 @@ class TrainConfig:
     joint_head: bool = False  # multi-task: one head over the union of classes
     num_workers: int = 0
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    compile: bool = False  # train through torch.compile (MoSA's picks stay outside the graph)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager", "eager": debugging)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
         _check_keys(cls, kwargs)

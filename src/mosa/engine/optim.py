@@ -87,37 +87,27 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> SparseAdamW:
 
 # ----------------------------------------------------------------------------- expert tracking
 class ExpertTracker:
-    """Records, with forward hooks, which experts every MoSALinear used since the last reset."""
+    """Which experts every MoSALinear picked since the last reset (read from the picks each
+    layer records when it draws, so a compiled forward needs no hook)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.modules = [m for m in model.modules() if isinstance(m, MoSALinear)]
-        self._picked: dict[int, set[int]] = {}
-        self._handles = [m.register_forward_hook(self._hook) for m in self.modules]
-
-    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not module.training:
-            return
-        pick = module.last_expert
-        picks = {int(pick)} if isinstance(pick, int) else set(torch.as_tensor(pick).tolist())
-        self._picked.setdefault(id(module), set()).update(picks)
 
     def masks(self) -> dict[nn.Parameter, torch.Tensor]:
         """For each split projection used since the reset: bool masks of what its picked
         experts own (weight entries, and bias rows when biases are per expert)."""
         out: dict[nn.Parameter, torch.Tensor] = {}
         for m in self.modules:
-            picks = self._picked.get(id(m))
-            if picks:
-                out.update(m.expert_masks(torch.tensor(sorted(picks))))
+            if m.drawn:
+                out.update(m.expert_masks(torch.tensor(sorted(m.drawn))))
         return out
 
     def reset(self) -> None:
-        self._picked.clear()
+        for m in self.modules:
+            m.drawn.clear()
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self.reset()
 
 
 class SparseAdamW(torch.optim.AdamW):

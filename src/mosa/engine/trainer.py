@@ -421,6 +421,10 @@ class _Run:
                 broadcast_buffers=False,
                 find_unused_parameters=self.multitask and not self.joint,
             )
+        if cfg.compile:
+            # the training forward only: eval, merging and checkpoints use the bare model
+            target = TaskModel(model) if self.multitask and self.ddp is model else self.ddp
+            self.ddp = torch.compile(target, backend=cfg.compile_backend)
 
         state = TrainState(epoch=0, global_step=0, history=[], elapsed_s=0.0)
         if checkpoint is not None and doc is not None:
@@ -680,6 +684,7 @@ class _Run:
                     self.model, x, lambda xx: self._forward(xx, t, ddp=True)
                 )
             else:
+                mosa.draw_routes(self.model, x.shape[0])  # outside a compiled forward
                 logits = self._forward(x, t, ddp=True)
         loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
         if self.two_pass:
