@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,18 +31,19 @@ def _route_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + 64 * index) % (2**63 - 1)
 
 
-def _attach_hook(site_hooked: nn.Module, hook: object, pre: bool = False) -> None:
-    if pre:
-        site_hooked.register_forward_pre_hook(hook)  # type: ignore[arg-type]
-    else:
-        site_hooked.register_forward_hook(hook)  # type: ignore[arg-type]
+_HANDLES = "mosa_hook_handles"
 
 
-def _detach_hooks(module: nn.Module, owner: nn.Module) -> None:
-    for hooks in (module._forward_hooks, module._forward_pre_hooks):
-        for key, fn in list(hooks.items()):
-            if getattr(fn, "__self__", None) is owner:
-                del hooks[key]
+def _attach_hook(owner: nn.Module, site: nn.Module, hook: Any, pre: bool = False) -> None:
+    """Hook ``site`` and keep the handle on ``owner`` (the module the hook belongs to), so
+    removing the owner removes exactly its hooks."""
+    handle = site.register_forward_pre_hook(hook) if pre else site.register_forward_hook(hook)
+    owner.__dict__.setdefault(_HANDLES, []).append(handle)
+
+
+def _detach_hooks(owner: nn.Module) -> None:
+    for handle in owner.__dict__.pop(_HANDLES, []):
+        handle.remove()
 
 
 def head_module_name(model: nn.Module) -> str | None:
@@ -95,15 +97,15 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
                     ad.train(model.training)
                     block.add_module(site.name, ad.to(device=ref.device, dtype=ref.dtype))
                     if site.mode == "parallel_tap":
-                        _attach_hook(site.tap, ad.tap_hook, pre=True)
-                        _attach_hook(site.hooked, ad.parallel_tap_hook)
+                        _attach_hook(ad, site.tap, ad.tap_hook, pre=True)
+                        _attach_hook(ad, site.hooked, ad.parallel_tap_hook)
                     elif site.mode == "residual":
-                        _attach_hook(site.tap, ad.residual_tap_hook, pre=True)
-                        _attach_hook(site.hooked, ad.residual_add_hook)
+                        _attach_hook(ad, site.tap, ad.residual_tap_hook, pre=True)
+                        _attach_hook(ad, site.hooked, ad.residual_add_hook)
                     elif site.mode == "parallel":
-                        _attach_hook(site.hooked, ad.parallel_hook)
+                        _attach_hook(ad, site.hooked, ad.parallel_hook)
                     else:
-                        _attach_hook(site.hooked, ad.sequential_hook)
+                        _attach_hook(ad, site.hooked, ad.sequential_hook)
             if config.uses_lora:
                 available = arch.lora_targets(block)
                 by_path: dict[str, dict[str, slice]] = {}
@@ -116,9 +118,9 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
                     index += 1
                     lora.train(model.training)
                     layer.add_module(PREFIX + "lora", lora.to(device=ref.device, dtype=ref.dtype))
-                    _attach_hook(layer, lora.hook)
+                    _attach_hook(lora, layer, lora.hook)
         if config.is_mosa and config.routing == "sample":
-            model.register_forward_pre_hook(_record_batch_size)
+            _attach_hook(model, model, _record_batch_size, pre=True)
     head = head_module_name(model)
     if head is not None:
         for p in model.get_submodule(head).parameters():
@@ -152,14 +154,11 @@ def eject(model: nn.Module, requires_grad: dict[str, bool] | None = None) -> nn.
     """Undo :func:`inject` on an unmerged model: remove mosa's modules and hooks, and restore
     ``requires_grad`` flags from ``requires_grad`` (name -> flag) when given."""
     for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):
-            if name.startswith(PREFIX) and child is not None:
-                for mod in model.modules():
-                    _detach_hooks(mod, child)
-                del parent._modules[name]
-    for key, fn in list(model._forward_pre_hooks.items()):
-        if fn is _record_batch_size:
-            del model._forward_pre_hooks[key]
+        for name, child in list(parent.named_children()):
+            if name.startswith(PREFIX):
+                _detach_hooks(child)
+                delattr(parent, name)
+    _detach_hooks(model)
     if requires_grad is not None:
         for n, p in model.named_parameters():
             if n in requires_grad:
@@ -188,11 +187,11 @@ def merge(model: nn.Module) -> nn.Module:
     config_of(model)
     folded: list[str] = list(getattr(model, "mosa_folded", []))
     for name, layer in list(model.named_modules()):
-        lora = layer._modules.get(PREFIX + "lora")
+        lora = getattr(layer, PREFIX + "lora", None)
         if isinstance(layer, nn.Linear) and isinstance(lora, LoRA):
             lora.fold_into(layer)
-            _detach_hooks(layer, lora)
-            del layer._modules[PREFIX + "lora"]
+            _detach_hooks(lora)
+            delattr(layer, PREFIX + "lora")
             folded.append(name)
     _replace_split_projections(model)
     model.mosa_merged = True

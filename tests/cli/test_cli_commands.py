@@ -124,6 +124,9 @@ def test_print_config_does_not_train(fake_train, capsys):
     assert fake_train.calls == []
     out = capsys.readouterr().out
     assert "method: lora" in out and "task: dtd" in out
+    assert "compile: false" in out
+    assert main(["train", "--config", "vtab/dtd", "--compile", "--print-config"]) == 0
+    assert "compile: true" in capsys.readouterr().out
 
 
 def test_demo_trains_mosa_adapter_and_linear_and_prints_three_rows(

@@ -1,0 +1,60 @@
+"""The package's layering, read from the source: lower layers never import upper ones."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mosa"
+LOWER = ("adapters", "backbones", "data", "config", "model", "checkpoint")
+UPPER = ("mosa.engine", "mosa.cli", "mosa.bench")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside functions."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _sources() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(SRC)))
+def test_lower_layers_do_not_import_engine_cli_or_bench(path: Path) -> None:
+    name = _module_name(path)
+    if name.split(".")[1:2] and name.split(".")[1] in LOWER:
+        upward = sorted(m for m in _imports(path) if m.startswith(UPPER))
+        assert not upward, f"{name} imports {upward}"
+
+
+def test_no_private_hook_or_module_dicts() -> None:
+    # hooks are removed through the handles register_forward_hook returns
+    pattern = re.compile(r"\._(forward_hooks|forward_pre_hooks|modules)\b")
+    hits = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in _sources()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert hits == []
+
+
+def test_the_layout_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from mosa.engine.trainer import train\n")
+    assert "mosa.engine.trainer" in _imports(f)
