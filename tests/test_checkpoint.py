@@ -13,7 +13,7 @@ from safetensors import safe_open
 from torch import nn
 
 import mosa
-import mosa.checkpoint as ckpt
+import mosa.io
 from mosa import CheckpointError, MethodConfig
 from mosa.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
@@ -399,14 +399,14 @@ def test_failed_save_keeps_the_old_checkpoint(
     model = mosa.inject(make_model("vit"), MethodConfig())
     directory = mosa.save_adapter(model, tmp_path / "ck")
     before = {p.name: p.read_bytes() for p in directory.iterdir()}
-    real = ckpt.save_file
+    real = mosa.io.save_file
 
     def half_then_crash(tensors: dict, filename: str, metadata: dict | None = None) -> None:
         real(tensors, filename, metadata=metadata)
         Path(filename).write_bytes(Path(filename).read_bytes()[:100])
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt, "save_file", half_then_crash)
+    monkeypatch.setattr(mosa.io, "save_file", half_then_crash)
     with torch.no_grad():
         model.head.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
@@ -424,7 +424,7 @@ def test_failed_config_write_leaves_no_temp(
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("no space")
 
-    monkeypatch.setattr(ckpt.os, "fsync", crash)
+    monkeypatch.setattr(mosa.io.os, "fsync", crash)
     with pytest.raises(OSError, match="no space"):
         mosa.save_adapter(model, tmp_path / "ck")
     assert not [p for p in (tmp_path / "ck").iterdir() if p.name.endswith(".tmp")]

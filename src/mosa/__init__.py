@@ -1,5 +1,6 @@
 """mosa: Mixture of Sparse Adapters (MoSA) for parameter-efficient tuning of timm backbones."""
 
+from mosa._version import __version__
 from mosa.checkpoint import CheckpointError, load_adapter, read_adapter_config, save_adapter
 from mosa.config import ConfigError, MethodConfig
 from mosa.model import (
@@ -12,8 +13,6 @@ from mosa.model import (
     set_rng_state,
     summary,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from mosa._version import __version__
 from mosa.config import MethodConfig
+from mosa.io import atomic_save_safetensors, atomic_write_json
 from mosa.model import adapter_state_dict, config_of, eject, inject, merge
 
 FORMAT = "mosa-adapter"
@@ -35,56 +36,6 @@ def num_classes_of(model: nn.Module) -> int | None:
     return getattr(model, "num_classes", None)
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (mkstemp's are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # clone: safetensors refuses tensors that share storage (tied weights, views)
-        save_file(
-            {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-            tmp,
-            metadata=metadata,
-        )
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     """Write only what was trained (plus partitions and initial values needed to resume)."""
     cfg = config_of(model)
@@ -98,17 +49,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         "method": cfg.to_dict(),
         "merged": bool(getattr(model, "mosa_merged", False)),
         "folded": list(getattr(model, "mosa_folded", [])),
-        "versions": {"torch": torch.__version__, "mosa": _mosa_version()},
+        "versions": {"torch": torch.__version__, "mosa": __version__},
     }
     atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
     atomic_write_json(directory / CONFIG_NAME, meta)
     return directory
-
-
-def _mosa_version() -> str:
-    from mosa import __version__
-
-    return __version__
 
 
 def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:

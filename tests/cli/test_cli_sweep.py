@@ -14,7 +14,7 @@ import pytest
 import mosa.engine
 from mosa.cli.main import main
 from mosa.config import ConfigError
-from mosa.engine.sweep import (
+from mosa.recipes.sweep import (
     LOCK_NAME,
     lock_state,
     plan_sweep,

@@ -30,9 +30,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun, log_line, progress_note, run_dir_name, run_one
+from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.recipes import load_config
+from mosa.recipes.sweep import SweepRun, log_line, progress_note, run_dir_name, run_one
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typing import Any
 
 from mosa.bench.accuracy import Variant, _run_all, task_root
 from mosa.bench.accuracy import plan_run as plan_variant
-from mosa.checkpoint import atomic_write_bytes, atomic_write_json
-from mosa.engine.sweep import SweepRun, log_line
+from mosa.io import atomic_write_bytes, atomic_write_json
+from mosa.recipes.sweep import SweepRun, log_line
 
 STUDY_TASKS = ("digits_noisy", "fmnist_loc", "fmnist_count")  # the largest MoSA gaps
 QUICK_TASKS = ("digits_noisy",)

@@ -303,7 +303,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"[{entry['method']} on {entry['backbone']}, merged]"
         )
     if args.out:
-        from mosa.checkpoint import atomic_write_json
+        from mosa.io import atomic_write_json
 
         atomic_write_json(Path(args.out), results[0] if len(results) == 1 else results)
         print(f"mosa: written {args.out}", file=sys.stderr)
@@ -335,8 +335,8 @@ def _stub_config(ckpt: Any) -> Any:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     import mosa
-    from mosa.checkpoint import atomic_save_safetensors, atomic_write_json
     from mosa.cli.runs import CliError, build_model, check_single_task, find_checkpoint
+    from mosa.io import atomic_save_safetensors, atomic_write_json
     from mosa.model import PREFIX
 
     ckpt = find_checkpoint(args.path)
@@ -387,9 +387,9 @@ def _merge_multitask(args: argparse.Namespace, ckpt: Any, tasks: list[str], out:
     """Merge a multi-task adapter: the adapter folder keeps every task head; a plain timm
     state_dict (one head) is written only for the task named by --task."""
     import mosa
-    from mosa.checkpoint import atomic_save_safetensors, atomic_write_json
     from mosa.cli.runs import build_task_view, check_task
     from mosa.engine.multitask import HEADS, JOINT_HEAD
+    from mosa.io import atomic_save_safetensors, atomic_write_json
     from mosa.model import PREFIX, head_module_name
 
     if args.task is not None:
@@ -504,7 +504,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mosa.engine.sweep import lock_state, plan_sweep, run_status, run_sweep
+    from mosa.recipes.sweep import lock_state, plan_sweep, run_status, run_sweep
 
     overrides = list(args.overrides)
     if args.device:
@@ -587,8 +587,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from mosa.data.prepare import prepare_tasks
-    from mosa.engine.sweep import run_one
     from mosa.recipes import load_config
+    from mosa.recipes.sweep import run_one
 
     data_root = Path(args.data)
     if not (data_root / "digits" / "test.txt").is_file():

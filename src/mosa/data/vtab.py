@@ -22,8 +22,6 @@ from .cache import DEFAULT_CACHE_MAX_BYTES
 from .errors import DataError, where
 from .transforms import ImagePipeline
 
-GROUPS = ("natural", "specialized", "structured")
-
 #: task -> (group, number of classes), for the 19 VTAB-1k tasks.
 VTAB_TASKS: dict[str, tuple[str, int]] = {
     "cifar": ("natural", 100),

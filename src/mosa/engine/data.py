@@ -13,7 +13,6 @@ from a val split that contains some, and a test split that contains one is an er
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+import mosa.backbones.zoo  # noqa: F401  (registers mosa_vit_fmnist with timm)
 from mosa.engine.config import DataConfig, TrainConfig
 from mosa.engine.distributed import DistInfo
 from mosa.engine.errors import ClassCountError, ResumeError
@@ -155,12 +155,6 @@ def val_inside_train(train: Dataset, val: Dataset, dcfg: DataConfig | None) -> b
 
 
 # ----------------------------------------------------------------------------- building
-def register_project_models() -> None:
-    """Import the project's timm registrations (``mosa_vit_fmnist``) if that module exists."""
-    with contextlib.suppress(ImportError):  # the backbone zoo is optional for the engine
-        import mosa.backbones.zoo  # noqa: F401
-
-
 def resolve_input(
     config: TrainConfig, model: nn.Module | None
 ) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
@@ -173,7 +167,6 @@ def resolve_input(
     else:
         from timm.models import get_pretrained_cfg
 
-        register_project_models()
         try:
             found = get_pretrained_cfg(config.backbone)
         except (RuntimeError, KeyError, ValueError):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mosa.checkpoint import atomic_write_bytes
+from mosa.io import atomic_write_bytes
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -29,9 +29,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mosa
-from mosa.checkpoint import atomic_save_safetensors, atomic_write_json
 from mosa.engine.errors import ResumeError
 from mosa.engine.optim import WarmupCosine, optimizer_state_from_flat, optimizer_state_to_flat
+from mosa.io import atomic_save_safetensors, atomic_write_json
 
 FORMAT = "mosa-train-state"
 FORMAT_VERSION = 1

@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mosa
-from mosa.checkpoint import atomic_write_bytes, atomic_write_json
+from mosa.backbones.zoo import load_backbone
 from mosa.engine.config import TrainConfig, flatten_config
 from mosa.engine.data import (
     TaskData,
@@ -55,7 +55,6 @@ from mosa.engine.data import (
     check_task_labels,
     eval_loader,
     per_rank_batch,
-    register_project_models,
     resolve_data_configs,
     resolve_input,
     train_loader,
@@ -93,6 +92,7 @@ from mosa.engine.multitask import (
 from mosa.engine.optim import ExpertTracker, WarmupCosine, build_optimizer
 from mosa.engine.plots import plot_curves
 from mosa.engine.state import TrainState, find_last, load_last, read_state, save_last
+from mosa.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("mosa.engine")
 
@@ -154,28 +154,12 @@ def seed_everything(seed: int) -> None:
 
 def build_backbone(config: TrainConfig, num_classes: int) -> nn.Module:
     """The backbone through ``mosa.backbones.zoo.load_backbone`` (timm names, local weights
-    files, the project's own models), or ``timm.create_model`` when the zoo is absent."""
-    register_project_models()
-    try:
-        from mosa.backbones.zoo import load_backbone
-    except ImportError:
-        load_backbone = None
-    if load_backbone is not None:
-        return load_backbone(
-            config.backbone,
-            pretrained=config.pretrained,
-            num_classes=num_classes,
-            weights=config.weights,
-            **config.backbone_kwargs,
-        )
-    if config.weights:
-        raise TrainingError("weights=... needs mosa.backbones.zoo, which is not installed")
-    import timm
-
-    return timm.create_model(
+    files, the project's own models)."""
+    return load_backbone(
         config.backbone,
         pretrained=config.pretrained,
         num_classes=num_classes,
+        weights=config.weights,
         **config.backbone_kwargs,
     )
 

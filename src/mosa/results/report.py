@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mosa.checkpoint import atomic_write_bytes, atomic_write_json
+from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.results.aggregate import ResultsError, Table, build_table, collect_runs
 
 __all__ = ["format_cell", "plot_table", "render_markdown", "write_report"]

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosa.checkpoint import atomic_write_json
 from mosa.config import ConfigError
 from mosa.engine.config import TrainConfig, flatten_config
+from mosa.io import atomic_write_json
 from mosa.recipes import RECIPES_DIR, load_config, resolve_recipe
 
 __all__ = [
