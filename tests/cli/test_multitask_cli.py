@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from mosa.cli.main import main
 from mosa.data import build_dataset, prepare_tasks
-from mosa.engine import DataConfig, OptimConfig, TrainConfig, load_for_eval, train
+from mosa.engine import DataConfig, OptimConfig, TrainConfig, train
+from mosa.runs import load_for_eval
 
 TASKS = ("digits", "fmnist_scale")
 CLASSES = {"digits": 10, "fmnist_scale": 4}

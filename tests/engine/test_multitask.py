@@ -29,8 +29,9 @@ from mosa.data import build_dataset, prepare_tasks
 from mosa.engine import ClassCountError, DataConfig, OptimConfig, TrainConfig, train
 from mosa.engine.data import eval_loader
 from mosa.engine.distributed import DistInfo
-from mosa.engine.evaluate import evaluate, load_for_eval
-from mosa.engine.multitask import adapter_tasks, attach_task_heads, task_order
+from mosa.engine.evaluate import evaluate
+from mosa.engine.multitask import attach_task_heads, task_order
+from mosa.runs import adapter_tasks, load_for_eval
 
 TASKS = ("digits", "fmnist_scale")
 CHANCE = {"digits": 0.10, "fmnist_scale": 0.25}

@@ -183,8 +183,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         find_checkpoint,
     )
     from mosa.engine.config import DataConfig
-    from mosa.engine.multitask import TaskView, adapter_tasks
+    from mosa.engine.multitask import TaskView
     from mosa.recipes import load_config
+    from mosa.runs import adapter_tasks
 
     ckpt = find_checkpoint(args.path)
     cfg = load_config(args.config, args.overrides) if args.config else None
@@ -343,7 +344,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.resolve() == ckpt.adapter_dir.resolve():
         raise CliError("--out must differ from the adapter folder (merging is not in place)")
-    from mosa.engine.multitask import adapter_tasks
+    from mosa.runs import adapter_tasks
 
     tasks = adapter_tasks(ckpt.adapter_dir)
     if tasks is not None:
@@ -402,7 +403,7 @@ def _merge_multitask(args: argparse.Namespace, ckpt: Any, tasks: list[str], out:
         f"mosa: merged {method} adapter with heads for {len(tasks)} task(s) "
         f"({', '.join(tasks)}) written to {out}"
     )
-    load_hint = f"mosa.engine.load_for_eval(DIR, {tasks[0]!r})"
+    load_hint = f"mosa.runs.load_for_eval(DIR, {tasks[0]!r})"
     state = model.state_dict()
     heads = (HEADS, JOINT_HEAD)
     leftover = [
@@ -778,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
         state_dict for timm.create_model(<backbone>, num_classes=K).
 
         A multi-task adapter's merged folder keeps every task head (load it with
-        mosa.engine.load_for_eval(DIR, TASK), or 'mosa eval DIR --task TASK'). A plain timm
+        mosa.runs.load_for_eval(DIR, TASK), or 'mosa eval DIR --task TASK'). A plain timm
         model has one classifier, so there model.safetensors (for the methods above) is
         written only with --task NAME: that task's head becomes the timm head.
         """,

@@ -1,20 +1,18 @@
-"""Finding what a run / adapter folder holds and rebuilding its model (for eval and merge)."""
+"""The command line's view of a checkpoint: one-line errors and warnings around :mod:`mosa.runs`."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from mosa.checkpoint import CONFIG_NAME, CheckpointError, load_adapter, read_adapter_config
-from mosa.config import ConfigError
+from mosa.backbones.zoo import load_backbone  # registers mosa_vit_fmnist with timm
+from mosa.checkpoint import CheckpointError, load_adapter
 from mosa.engine.config import TrainConfig
+from mosa.runs import Checkpoint, find_checkpoint, load_for_eval, read_run_config
 
 if TYPE_CHECKING:
     from mosa.engine.multitask import TaskView
@@ -35,57 +33,6 @@ class CliError(ValueError):
     """Bad command-line input that is not a config, data or checkpoint problem."""
 
 
-@dataclass
-class Checkpoint:
-    """An adapter folder, its parsed adapter_config.json and the run config next to it."""
-
-    adapter_dir: Path
-    meta: dict[str, Any]
-    run_config: TrainConfig | None
-    run_dir: Path | None
-
-
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """``run_dir/config.json`` as a TrainConfig (keys it does not know are ignored)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a mosa run folder")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    try:
-        return TrainConfig.from_dict({k: v for k, v in raw.items() if k in known})
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path} does not hold a valid run config: {e}") from e
-
-
-def find_checkpoint(path: str | Path) -> Checkpoint:
-    """Accept an adapter folder (``adapter_config.json``) or a run folder (``adapter/``)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist")
-    if (p / CONFIG_NAME).is_file():
-        adapter_dir = p
-        run_dir = p.parent if (p.parent / "config.json").is_file() else None
-    elif (p / "adapter" / CONFIG_NAME).is_file():
-        adapter_dir, run_dir = p / "adapter", p
-    else:
-        raise CheckpointError(
-            f"{p} is neither an adapter folder (with {CONFIG_NAME}) nor a finished run folder "
-            "(with adapter/); a run writes adapter/ when it ends"
-        )
-    meta = read_adapter_config(adapter_dir)
-    run_config = None
-    if run_dir is not None:
-        try:
-            run_config = read_run_config(run_dir)
-        except CheckpointError:
-            run_config = None  # the adapter alone still says backbone and classes
-    return Checkpoint(adapter_dir, meta, run_config, run_dir)
-
-
 def build_model(
     ckpt: Checkpoint,
     *,
@@ -99,8 +46,6 @@ def build_model(
     Backbone weights come from, in order: ``weights``; the given or the run's config
     (``weights``, ``pretrained``, ``backbone_kwargs``); timm's pretrained weights.
     """
-    from mosa.backbones.zoo import load_backbone  # registers mosa_vit_fmnist with timm
-
     run = config or ckpt.run_config
     name = ckpt.meta.get("backbone") or (run.backbone if run else None)
     if not name:
@@ -163,13 +108,11 @@ def build_task_view(
     weights: str | None = None,
     config: TrainConfig | None = None,
 ) -> TaskView:
-    """The checkpoint rebuilt and merged through ``mosa.engine.load_for_eval``, seen through
+    """The checkpoint rebuilt and merged through ``mosa.runs.load_for_eval``, seen through
     ``task``'s head (multi-task adapters; ``view.model`` holds every head).
 
     Backbone weights come from the same places as in :func:`build_model`.
     """
-    from mosa.engine.multitask import load_for_eval
-
     run = config or ckpt.run_config
     name = ckpt.meta.get("backbone") or (run.backbone if run else None)
     if weights is None and run is not None and not run.weights and not run.pretrained:

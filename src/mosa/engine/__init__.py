@@ -8,9 +8,9 @@ from mosa.engine.errors import (
     TrainingError,
 )
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
-from mosa.engine.multitask import TaskView, adapter_tasks, load_for_eval, task_order
+from mosa.engine.multitask import TaskView, task_order
 from mosa.engine.optim import SparseAdamW, WarmupCosine, build_optimizer, lr_at
-from mosa.engine.trainer import build_backbone, seed_everything, train
+from mosa.engine.trainer import seed_everything, train
 
 __all__ = [
     "ClassCountError",
@@ -23,12 +23,9 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingError",
     "WarmupCosine",
-    "adapter_tasks",
-    "build_backbone",
     "build_optimizer",
     "classification_loss",
     "hidden_consistency",
-    "load_for_eval",
     "lr_at",
     "seed_everything",
     "symmetric_kl",

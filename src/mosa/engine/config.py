@@ -196,6 +196,16 @@ class TrainConfig:
         elif self.joint_head:
             raise ConfigError("joint_head=True needs several data sets (a multi-task run)")
 
+    def backbone_args(self) -> dict[str, Any]:
+        """The backbone's plain keyword arguments for :func:`mosa.backbones.zoo.load_backbone`
+        (all but ``num_classes``)."""
+        return {
+            "name_or_path": self.backbone,
+            "pretrained": self.pretrained,
+            "weights": self.weights,
+            **self.backbone_kwargs,
+        }
+
     @property
     def multitask(self) -> bool:
         """Whether this run trains several data sets (one adapter, a head per task)."""

@@ -1,5 +1,5 @@
-"""Top-1 evaluation in eval mode (MoSA projections use their merged weight, dropout is off),
-and :func:`load_for_eval`, which rebuilds a trained (multi-task) model from its adapter."""
+"""Top-1 evaluation in eval mode (MoSA projections use their merged weight, dropout is off);
+:func:`mosa.runs.load_for_eval` rebuilds a trained model to evaluate."""
 
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ from torch.utils.data import DataLoader
 
 from mosa.engine.distributed import DistInfo, all_reduce_sum
 
-# rebuilding a trained (multi-task) model lives with the task heads; re-exported here so that
-# evaluation code finds both halves in one module
-from mosa.engine.multitask import load_for_eval
-
-__all__ = ["autocast", "evaluate", "load_for_eval"]
+__all__ = ["autocast", "evaluate"]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

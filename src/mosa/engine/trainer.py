@@ -152,18 +152,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_backbone(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The backbone through ``mosa.backbones.zoo.load_backbone`` (timm names, local weights
-    files, the project's own models)."""
-    return load_backbone(
-        config.backbone,
-        pretrained=config.pretrained,
-        num_classes=num_classes,
-        weights=config.weights,
-        **config.backbone_kwargs,
-    )
-
-
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """Peak memory in bytes and what it measures (CUDA allocations, or the process's peak RSS)."""
     if device.type == "cuda":
@@ -279,7 +267,7 @@ class _Run:
         if model is None:
             # a real class count (a local weights file's head is then dropped as usual); a
             # multi-task run replaces that head by its task heads
-            model = build_backbone(cfg, tasks[0].num_classes)
+            model = load_backbone(num_classes=tasks[0].num_classes, **cfg.backbone_args())
         current = getattr(model, "mosa_config", None)
         if current is None:
             if cfg.multitask and not has_task_heads(model):
