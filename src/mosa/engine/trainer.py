@@ -29,10 +29,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import platform
 import random
-import socket
 import sys
 import time
 import zlib
@@ -47,6 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import mosa
 from mosa.backbones.zoo import load_backbone
+from mosa.engine import records
 from mosa.engine.config import TrainConfig, flatten_config
 from mosa.engine.data import (
     TaskData,
@@ -150,28 +148,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak memory in bytes and what it measures (CUDA allocations, or the process's peak RSS)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_max_rss"
-
-
-def versions() -> dict[str, str]:
-    import timm
-
-    return {
-        "mosa": mosa.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 class _HiddenCapture:
@@ -307,26 +283,16 @@ class _Run:
     # ------------------------------------------------------------------ the run
     def run(self, resume: bool) -> dict[str, Any]:
         self.started = time.perf_counter()
-        cfg = self.config
-        info = self.info
+        cfg, info = self.config, self.info
         checkpoint = self._check_out(resume)
         barrier(info)  # every rank looked at out/ before rank 0 writes to it
         seed_everything(cfg.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.cuda.reset_peak_memory_stats(self.device)
-
-        size, mean, std = resolve_input(cfg, self.given_model)
-        data_cfgs = resolve_data_configs(cfg, size, mean, std)
-        resolved = dataclasses.replace(
-            cfg,
-            data=data_cfgs,
-            optim=dataclasses.replace(cfg.optim, consistency=cfg.consistency_weight),
-        )
-        self.resolved = json.loads(json.dumps(resolved.to_dict()))  # as config.json holds it
+        data_cfgs = self._resolve_config()
         doc = self._read_checkpoint(checkpoint) if checkpoint is not None else None
-
-        tasks = build_tasks(
+        self.tasks = tasks = build_tasks(
             data_cfgs,
             cfg.seed,
             self.given_datasets,
@@ -334,7 +300,6 @@ class _Run:
             resume=checkpoint is not None,
             write=info.is_main,
         )
-        self.tasks = tasks
         self.multitask = cfg.multitask
         for task in tasks:
             if task.val_note and info.is_main:
@@ -348,9 +313,30 @@ class _Run:
                 "routing='sample' under DDP: every rank draws its picks from the same stream, so "
                 "item i of each rank's share gets the same expert (picks stay uniform per item)"
             )
+        self._build_loaders(tasks)
+        self._build_optimization(model)
+        state = self._restore(checkpoint, doc)
+        self._write_start(state)
+        self._check_routing("start")
+        return self._train(state)
 
-        ocfg = cfg.optim
-        self.local_batch = per_rank_batch(ocfg.batch_size, info)
+    def _resolve_config(self) -> list[Any]:
+        """The data configs with image size and normalisation filled in; ``self.resolved`` is
+        the config as ``config.json`` holds it."""
+        cfg = self.config
+        size, mean, std = resolve_input(cfg, self.given_model)
+        data_cfgs = resolve_data_configs(cfg, size, mean, std)
+        resolved = dataclasses.replace(
+            cfg,
+            data=data_cfgs,
+            optim=dataclasses.replace(cfg.optim, consistency=cfg.consistency_weight),
+        )
+        self.resolved = json.loads(json.dumps(resolved.to_dict()))
+        return data_cfgs
+
+    def _build_loaders(self, tasks: list[TaskData]) -> None:
+        cfg, info = self.config, self.info
+        self.local_batch = per_rank_batch(cfg.optim.batch_size, info)
         self.streams: list[TaskStream] = []
         self.val_loaders: list[Any] = []
         for i, task in enumerate(tasks):
@@ -368,8 +354,12 @@ class _Run:
                 else None
             )
         self.task_steps = [len(s) for s in self.streams]
-        steps = sum(self.task_steps)  # per epoch, whatever the sampling rule
-        self.steps_per_epoch = steps
+        self.steps_per_epoch = sum(self.task_steps)  # per epoch, whatever the sampling rule
+
+    def _build_optimization(self, model: nn.Module) -> None:
+        """Optimizer, schedule, and the training forward's wrappers (DDP, torch.compile)."""
+        cfg, info, ocfg = self.config, self.info, self.config.optim
+        steps = self.steps_per_epoch
         self.optimizer = build_optimizer(model, ocfg)
         self.scheduler = WarmupCosine(
             self.optimizer,
@@ -398,30 +388,33 @@ class _Run:
             target = TaskModel(model) if self.multitask and self.ddp is model else self.ddp
             self.ddp = torch.compile(target, backend=cfg.compile_backend)
 
+    def _restore(self, checkpoint: Path | None, doc: dict[str, Any] | None) -> TrainState:
         state = TrainState(epoch=0, global_step=0, history=[], elapsed_s=0.0)
         if checkpoint is not None and doc is not None:
             state = load_last(
                 checkpoint,
                 doc,
-                model=model,
+                model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 param_names=self.param_names,
             )
-            if info.is_main:
+            if self.info.is_main:
                 log.info(
                     "resuming %s after epoch %d (step %d)", self.out, state.epoch, state.global_step
                 )
         self.resumed_from_epoch = state.epoch if checkpoint is not None else None
         self.base_elapsed = state.elapsed_s
-        self._write_start(state)
-        self._check_routing("start")
+        return state
 
-        # hooks on the (possibly caller's) model: removed however the run ends
-        self.tracker = ExpertTracker(model) if self.optimizer.has_masked else None
+    def _train(self, state: TrainState) -> dict[str, Any]:
+        """The remaining epochs, then the final scoring; hooks on the (possibly caller's)
+        model are removed however the run ends."""
+        ocfg = self.config.optim
+        self.tracker = ExpertTracker(self.model) if self.optimizer.has_masked else None
         try:
             self.capture = (
-                _HiddenCapture(model, ocfg.deep_consistency_blocks)
+                _HiddenCapture(self.model, ocfg.deep_consistency_blocks)
                 if self.config.deep_consistency_weight > 0
                 else None
             )
@@ -458,8 +451,50 @@ class _Run:
 
     # ------------------------------------------------------------------ one epoch
     def _epoch(self, epoch: int, state: TrainState) -> None:
-        cfg, info = self.config, self.info
         t0 = time.perf_counter()
+        sums, steps, lr = self._train_steps(epoch, state)
+        train_s = time.perf_counter() - t0
+        per_task = records.unflatten_sums(
+            all_reduce_sum(records.flatten_sums(sums), self.info), len(self.tasks)
+        )
+        tasks = {
+            task.name: records.task_record(
+                per_task[i], self._evaluate(i, self.val_loaders[i]), self.info.world_size
+            )
+            for i, task in enumerate(self.tasks)
+        }
+        record = records.epoch_record(
+            epoch,
+            state.global_step,
+            per_task,
+            tasks,
+            lr=lr,
+            train_s=train_s,
+            consistency=self.consistency > 0,
+            deep=bool(self.capture),
+        )
+        self._check_routing(f"epoch {epoch}")
+        self._check_finite(record, epoch, steps, state.global_step)
+        record["epoch_seconds"] = time.perf_counter() - t0
+        state.history.append(record)
+        state.epoch = epoch
+        # wall time of the work a checkpoint keeps: earlier processes' plus this one's so far
+        state.elapsed_s = self.base_elapsed + (time.perf_counter() - self.started)
+        if self.info.is_main:
+            with open(self.out / METRICS_JSONL, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+            log.info("%s", records.epoch_line(record, self.config.optim.epochs, self.multitask))
+        cfg = self.config
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.optim.epochs:
+            self._save_checkpoint(epoch, state)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(dict(record))
+
+    def _train_steps(
+        self, epoch: int, state: TrainState
+    ) -> tuple[list[dict[str, float]], int, float]:
+        """One epoch's optimizer steps: (per-task sums on this rank, steps, last lr)."""
+        cfg = self.config
         for stream in self.streams:
             stream.start(epoch)
         if self.multitask:
@@ -467,9 +502,7 @@ class _Run:
         else:
             order = [0] * self.task_steps[0]
         self.model.train()
-        n_tasks = len(self.tasks)
-        keys = ("loss", "ce", "kl", "deep", "correct", "seen", "steps")
-        sums = [dict.fromkeys(keys, 0.0) for _ in range(n_tasks)]
+        sums = records.new_sums(len(self.tasks))
         bar = self._bar(epoch, len(order))
         lr = self.scheduler.lr
         try:
@@ -480,13 +513,7 @@ class _Run:
                 lr = self.scheduler.lr
                 out = self._step(x, y, t, epoch, step, state.global_step)
                 state.global_step += 1
-                n = float(y.numel())
-                acc = sums[t]
-                for k in ("loss", "ce", "kl", "deep"):
-                    acc[k] += out[k] * n
-                acc["correct"] += out["correct"]
-                acc["seen"] += n
-                acc["steps"] += 1
+                records.add_step(sums[t], out, float(y.numel()))
                 if bar is not None:
                     seen = sum(a["seen"] for a in sums)
                     bar.update(1)
@@ -502,112 +529,42 @@ class _Run:
                 bar.close()
             for stream in self.streams:
                 stream.stop()
-        train_s = time.perf_counter() - t0
-        flat = all_reduce_sum([a[k] for a in sums for k in keys], info)
-        per_task = [
-            dict(zip(keys, flat[i * len(keys) : (i + 1) * len(keys)], strict=True))
-            for i in range(n_tasks)
-        ]
-        totals = {k: sum(p[k] for p in per_task) for k in keys}
-        seen = max(totals["seen"], 1.0)
-        task_records: dict[str, dict[str, Any]] = {}
-        for i, task in enumerate(self.tasks):
-            p = per_task[i]
-            val = self._evaluate(i, self.val_loaders[i])
-            task_records[task.name] = {
-                # steps are counted once per rank: every rank runs the same steps
-                "steps": int(p["steps"] / info.world_size),
-                "train_images": int(p["seen"]),
-                "train_loss": p["loss"] / p["seen"] if p["seen"] else None,
-                "train_acc": p["correct"] / p["seen"] if p["seen"] else None,
-                "val_acc": val["acc"] if val else None,
-                "val_loss": val["loss"] if val else None,
-            }
-        val_accs = [r["val_acc"] for r in task_records.values() if r["val_acc"] is not None]
-        val_losses = [r["val_loss"] for r in task_records.values() if r["val_loss"] is not None]
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "global_step": state.global_step,
-            "train_loss": totals["loss"] / seen,
-            "train_ce": totals["ce"] / seen,
-            "train_consistency": totals["kl"] / seen if self.consistency > 0 else None,
-            "train_deep_consistency": totals["deep"] / seen if self.capture else None,
-            "train_acc": totals["correct"] / seen,
-            # multi-task: the mean over the tasks with a held-out val split
-            "val_acc": sum(val_accs) / len(val_accs) if val_accs else None,
-            "val_loss": sum(val_losses) / len(val_losses) if val_losses else None,
-            "lr": lr,
-            "train_images": int(totals["seen"]),
-            "train_seconds": train_s,
-            "images_per_s": totals["seen"] / train_s if train_s > 0 else None,
-            "tasks": task_records,
-        }
-        self._check_routing(f"epoch {epoch}")
+        return sums, len(order), lr
+
+    def _check_finite(self, record: dict[str, Any], epoch: int, steps: int, step: int) -> None:
+        """Never checkpoint or report non-finite weights (a NaN gradient at the epoch's last
+        step) or a model whose eval logits went non-finite."""
+        lr = record["lr"]
         if not all(bool(torch.isfinite(p).all()) for p in self.params):
-            # never checkpoint non-finite weights (a NaN gradient at the epoch's last step)
             raise TrainingDivergedError(
-                epoch, len(order) - 1, state.global_step - 1, math.nan, lr, "weights", str(self.out)
+                epoch, steps - 1, step - 1, math.nan, lr, "weights", str(self.out)
             )
-        bad_val = [v for v in val_losses if not math.isfinite(v)]
-        if bad_val:  # eval logits went non-finite: never checkpoint or report such a model
+        losses = [r["val_loss"] for r in record["tasks"].values() if r["val_loss"] is not None]
+        bad_val = [v for v in losses if not math.isfinite(v)]
+        if bad_val:
             raise TrainingDivergedError(
-                epoch,
-                len(order) - 1,
-                state.global_step - 1,
-                bad_val[0],
-                lr,
-                "val loss",
-                str(self.out),
+                epoch, steps - 1, step - 1, bad_val[0], lr, "val loss", str(self.out)
             )
-        record["epoch_seconds"] = time.perf_counter() - t0
-        state.history.append(record)
-        state.epoch = epoch
-        # wall time of the work a checkpoint keeps: earlier processes' plus this one's so far
-        state.elapsed_s = self.base_elapsed + (time.perf_counter() - self.started)
-        if info.is_main:
-            with open(self.out / METRICS_JSONL, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
-            val_txt = "n/a" if record["val_acc"] is None else f"{record['val_acc']:.4f}"
-            if self.multitask:
-                val_txt += (
-                    " (mean; "
-                    + ", ".join(
-                        f"{n} {'n/a' if r['val_acc'] is None else format(r['val_acc'], '.4f')}"
-                        for n, r in task_records.items()
-                    )
-                    + ")"
-                )
-            log.info(
-                "epoch %d/%d: loss %.4f, train acc %.4f, val acc %s, lr %.3g, %.1fs, %.0f img/s",
-                epoch,
-                cfg.optim.epochs,
-                record["train_loss"],
-                record["train_acc"],
-                val_txt,
-                lr,
-                record["epoch_seconds"],
-                record["images_per_s"] or 0.0,
+
+    def _save_checkpoint(self, epoch: int, state: TrainState) -> None:
+        cfg = self.config
+        if self.info.is_main:
+            save_last(
+                self.out,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                param_names=self.param_names,
+                state=state,
+                config=self.resolved,
+                sampler={
+                    "kind": "DistributedSampler",
+                    "seed": cfg.seed,
+                    "epoch": epoch,
+                    "task_sampling": cfg.task_sampling if self.multitask else None,
+                },
             )
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.optim.epochs:
-            if info.is_main:
-                save_last(
-                    self.out,
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    param_names=self.param_names,
-                    state=state,
-                    config=self.resolved,
-                    sampler={
-                        "kind": "DistributedSampler",
-                        "seed": cfg.seed,
-                        "epoch": epoch,
-                        "task_sampling": cfg.task_sampling if self.multitask else None,
-                    },
-                )
-            barrier(info)
-        if self.on_epoch_end is not None:
-            self.on_epoch_end(dict(record))
+        barrier(self.info)
 
     def _forward(self, x: torch.Tensor, t: int, ddp: bool) -> torch.Tensor:
         """Training logits of task ``t`` (a joint head's: over the union of classes), through
@@ -744,15 +701,32 @@ class _Run:
         ``joint_head``, ``params`` (``mosa.summary`` plus ``task_heads``), ``wall_time_s``,
         ``train_time_s``, ``images_per_s``, ``peak_memory_bytes`` / ``peak_memory_kind``,
         ``seed``, ``resumed_from_epoch``, ``config``, ``versions`` and ``host``."""
-        cfg, info = self.config, self.info
-        history = state.history
-        last = history[-1] if history else {}
-        last_tasks = last.get("tasks", {})
-        tasks_summary: dict[str, dict[str, Any]] = {}
+        summary = self._summary(state, self._test_tasks(state))
+        if self.info.is_main:
+            mosa.save_adapter(self.model, self.out / ADAPTER_DIR)
+            if state.history:
+                plot_curves(state.history, self.out / CURVES_PNG)
+            atomic_write_json(self.out / SUMMARY_JSON, summary)
+            log.info(
+                "done: val acc %s, test acc %s, %.1fs",
+                *(
+                    ("n/a" if v is None else f"{v:.4f}")
+                    for v in (summary["val_acc"], summary["test_acc"])
+                ),
+                summary["wall_time_s"],
+            )
+        barrier(self.info)
+        return summary
+
+    def _test_tasks(self, state: TrainState) -> dict[str, dict[str, Any]]:
+        """Per task: sizes, the last epoch's val accuracy and the final model's test scores."""
+        cfg = self.config
+        last_tasks = state.history[-1].get("tasks", {}) if state.history else {}
+        out: dict[str, dict[str, Any]] = {}
         for i, task in enumerate(self.tasks):
             test = None
             if task.test is not None:
-                loader = eval_loader(task.test, self.local_batch, info, cfg.num_workers)
+                loader = eval_loader(task.test, self.local_batch, self.info, cfg.num_workers)
                 test = self._evaluate(i, loader)
                 if not math.isfinite(test["loss"]):
                     raise TrainingDivergedError(
@@ -774,34 +748,26 @@ class _Run:
             if self.joint:
                 entry["label_offset"] = self.offsets[i]
                 entry["test_acc_union"] = test.get("acc_union") if test else None
-            tasks_summary[task.name] = entry
+            out[task.name] = entry
+        return out
 
-        def mean(key: str) -> float | None:
-            values = [e[key] for e in tasks_summary.values() if e[key] is not None]
-            return sum(values) / len(values) if values else None
-
-        notes = [f"{n}: {e['val_note']}" for n, e in tasks_summary.items() if e["val_note"]]
-        val_note = None
-        if notes:
-            val_note = self.tasks[0].val_note if not self.multitask else "; ".join(notes)
+    def _summary(self, state: TrainState, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        cfg, history = self.config, state.history
+        last = history[-1] if history else {}
         params = mosa.summary(self.model)
         params["task_heads"] = head_parameters(self.model)  # part of params["adapter"]
-        vals = [(r["val_acc"], r["epoch"]) for r in history if r.get("val_acc") is not None]
-        best_acc, best_epoch = max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
-        images = sum(r.get("train_images", 0) for r in history)
-        train_s = sum(r.get("train_seconds", 0.0) for r in history)
-        wall = self.base_elapsed + (time.perf_counter() - self.started)
-        mem, mem_kind = peak_memory(self.device)
-        first = tasks_summary[self.tasks[0].name]
-        summary: dict[str, Any] = {
+        best_acc, best_epoch = records.best_val(history)
+        mem, mem_kind = records.peak_memory(self.device)
+        acc = records.accuracies(tasks, self.multitask)
+        return {
             "status": "completed",
             "epochs": len(history),
             "global_steps": state.global_step,
-            "val_acc": mean("val_acc") if self.multitask else first["val_acc"],
-            "val_note": val_note,
-            "test_acc": mean("test_acc") if self.multitask else first["test_acc"],
-            "mean_val_acc": mean("val_acc"),
-            "mean_test_acc": mean("test_acc"),
+            "val_acc": acc["val_acc"],
+            "val_note": records.val_note(tasks, self.multitask),
+            "test_acc": acc["test_acc"],
+            "mean_val_acc": acc["mean_val_acc"],
+            "mean_test_acc": acc["mean_test_acc"],
             "multitask": self.multitask,
             "task_sampling": cfg.task_sampling if self.multitask else None,
             "joint_head": self.joint,
@@ -810,42 +776,16 @@ class _Run:
             "best_val_note": "for information only: the reported model is the final one",
             "final_train_loss": last.get("train_loss"),
             "final_train_acc": last.get("train_acc"),
-            "tasks": tasks_summary,
+            "tasks": tasks,
             "params": params,
-            "wall_time_s": wall,
+            "wall_time_s": self.base_elapsed + (time.perf_counter() - self.started),
             "process_wall_time_s": time.perf_counter() - self.started,
-            "train_time_s": train_s,
-            "images_per_s": images / train_s if train_s > 0 else None,
+            **records.throughput(history),
             "peak_memory_bytes": mem,
             "peak_memory_kind": mem_kind,
             "seed": cfg.seed,
             "resumed_from_epoch": self.resumed_from_epoch,
             "config": self.resolved,
-            "versions": versions(),
-            "host": {
-                "hostname": socket.gethostname(),
-                "device": str(self.device),
-                "device_name": torch.cuda.get_device_name(self.device)
-                if self.device.type == "cuda"
-                else platform.processor() or platform.machine(),
-                "world_size": info.world_size,
-                "backend": info.backend,
-                "amp": str(self.amp).replace("torch.", "") if self.amp else "off",
-                "pid": os.getpid(),
-            },
+            "versions": records.versions(),
+            "host": records.host(self.device, self.info, self.amp),
         }
-        if info.is_main:
-            mosa.save_adapter(self.model, self.out / ADAPTER_DIR)
-            if history:
-                plot_curves(history, self.out / CURVES_PNG)
-            atomic_write_json(self.out / SUMMARY_JSON, summary)
-            log.info(
-                "done: val acc %s, test acc %s, %.1fs",
-                *(
-                    ("n/a" if v is None else f"{v:.4f}")
-                    for v in (summary["val_acc"], summary["test_acc"])
-                ),
-                wall,
-            )
-        barrier(info)
-        return summary
