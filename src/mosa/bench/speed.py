@@ -584,7 +584,6 @@ def run_speed_bench(
     rounds = steps if steps is not None else preset.steps
     if rounds < 1 or batch < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {rounds} and {batch}")
-    warmup, infer_rounds = preset.warmup, preset.infer_steps
     # shared biases: the single-tensor layout at exactly the adapter's trainable parameters
     # (the paper's per-expert biases add (N-1)·out per split projection; see mosa.summary)
     method = {
@@ -607,16 +606,111 @@ def run_speed_bench(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, chans, h, w, generator=gen).to(dev)
     y = torch.randint(preset.num_classes, (batch,), generator=gen).to(dev)
+    variants = _build_variants(base, method, dev, compile)
+    say(f"[speed] {name} {h}x{w}, batch {batch}, {dev.type}, {len(variants)} variants")
+    step_flops = _counted_flops(variants, x, y)
+    rows, times = _training_rows(variants, x, y, dev, amp, rounds, preset.warmup, rng, say)
+    _inference_rows(rows, variants, x, dev, amp, preset.infer_steps, rng, say)
+
+    # ---- where a split projection's time goes, at the adapter Up shape of this run
+    tokens = _tokens_per_image(base)
+    say("[speed] split projection micro-benchmark")
+    projection = split_projection_bench(
+        batch * tokens if tokens else batch * 197,
+        method["bottleneck"],
+        _embed_dim(base),
+        method["num_experts"],
+        dev,
+        amp,
+        rounds=max(5, min(2 * rounds, 60)),
+        rng=rng,
+    )
+    flops = _flop_section(base, rows, method["bottleneck"], batch, dev, amp, preset, step_flops)
+    ratios = _ratios(rows)
+    result: dict[str, Any] = {
+        "schema": "mosa.bench.speed/1",
+        "device": dev.type,
+        "device_name": _device_name(dev),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "mosa": mosa.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "preset": "quick" if quick else ("cuda" if dev.type == "cuda" else "cpu"),
+        "model": _model_info(base, name, overrides),
+        "method": method,
+        "batch_size": batch,
+        "input_shape": [batch, chans, h, w],
+        "dtype": f"autocast({str(amp).replace('torch.', '')})" if amp else "float32",
+        "optimizer": f"AdamW(lr={LR}, weight_decay={WEIGHT_DECAY})",
+        "steps": rounds,
+        "warmup_steps": preset.warmup,
+        "infer_steps": preset.infer_steps,
+        **_method_text(seed, preset.warmup),
+        "memory_method": MEMORY_METHOD_CUDA if dev.type == "cuda" else MEMORY_METHOD_CPU,
+        "rows": list(rows.values()),
+        "ratios": ratios,
+        "paired_ratios": _paired_ratios(times),
+        "compiled_vs_eager": _compiled_ratios(rows, times),
+        "other_ratios": _other_ratios(rows),
+        "targets": dict(TARGETS),
+        "targets_met": {
+            k: (None if ratios[k] is None else bool(ratios[k] <= t)) for k, t in TARGETS.items()
+        },
+        "flops": flops,
+        "split_projection": projection,
+        "notes": _notes(dev),
+    }
+    result["elapsed_s"] = time.perf_counter() - t_start
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return result
+
+
+def _method_text(seed: int, warmup: int) -> dict[str, str]:
+    return {
+        "timing_method": (
+            "median of per-step wall times (device synchronised before and after each step); "
+            "a training step is zero_grad + forward (for consistency: one forward on the "
+            "doubled batch, each half with its own picks) + "
+            "loss + backward + AdamW step; inference is one eval forward under inference_mode"
+        ),
+        "order": (
+            f"interleaved: every round runs each variant once in a freshly shuffled order "
+            f"(seed {seed}), {warmup} warm-up rounds not recorded; medians over rounds, so "
+            "slow drift or noise in machine load does not favour any one variant"
+        ),
+    }
+
+
+def _build_variants(
+    base: nn.Module, method: dict[str, Any], dev: torch.device, compile: bool
+) -> dict[str, Variant]:
+    """Every training variant on a copy of ``base``; with ``compile`` also the compiled rows."""
     variants = {n: _build_variant(n, base, method, dev) for n in TRAIN_VARIANTS}
     if compile:
         for n in COMPILED_VARIANTS:
             v = _build_variant(n, base, method, dev)
             v.name, v.forward = n + COMPILED_SUFFIX, torch.compile(v.model)
             variants[v.name] = v
-    say(f"[speed] {name} {h}x{w}, batch {batch}, {dev.type}, {len(variants)} variants")
-    step_flops = _counted_flops(variants, x, y)
+    return variants
 
-    # ---- training time, interleaved
+
+def _training_rows(
+    variants: dict[str, Variant],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dev: torch.device,
+    amp: torch.dtype | None,
+    rounds: int,
+    warmup: int,
+    rng: random.Random,
+    say: Callable[[str], None],
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[float]]]:
+    """Step times (interleaved rounds), memory, counts and optimizer state of every variant."""
+
     def stepper(v: Variant) -> Callable[[], None]:
         return lambda: train_step(v, x, y, dev, amp)
 
@@ -635,8 +729,7 @@ def run_speed_bench(
         say,
         after_first=record_first_state,
     )
-
-    # ---- memory, counts, optimizer state (state is at its steady size after the rounds)
+    # memory, counts, optimizer state (state is at its steady size after the rounds)
     say("[speed] memory: one measured step per variant")
     rows: dict[str, dict[str, Any]] = {}
     for n, v in variants.items():
@@ -652,7 +745,7 @@ def run_speed_bench(
             "train_step_s_q3": q3,
             "train_step_s_min": min(times[n]) if times[n] else None,
             "train_step_times_s": times[n],
-            "train_img_s": batch / med if med else None,
+            "train_img_s": x.shape[0] / med if med else None,
             "peak_mem_bytes": resident + transient if transient is not None else None,
             "resident_bytes": resident,
             "step_peak_above_resident_bytes": transient,
@@ -664,8 +757,20 @@ def run_speed_bench(
             "infer_img_s": None,
             "infer_of": None,
         }
+    return rows, times
 
-    # ---- inference: backbone, adapter, merged mosa / lora / mosa_lora
+
+def _inference_rows(
+    rows: dict[str, dict[str, Any]],
+    variants: dict[str, Variant],
+    x: torch.Tensor,
+    dev: torch.device,
+    amp: torch.dtype | None,
+    infer_rounds: int,
+    rng: random.Random,
+    say: Callable[[str], None],
+) -> None:
+    """Inference img/s of the backbone, the adapter and the merged methods, into ``rows``."""
     for n in [k for k in variants if k not in INFER_VARIANTS]:
         del variants[n]  # free device memory before inference
     infer_models: dict[str, nn.Module] = {}
@@ -692,76 +797,7 @@ def run_speed_bench(
     )
     for n, ts in itimes.items():
         med = _median(ts)
-        rows[n]["infer_img_s"] = batch / med if med else None
-
-    # ---- where a split projection's time goes, at the adapter Up shape of this run
-    tokens = _tokens_per_image(base)
-    say("[speed] split projection micro-benchmark")
-    projection = split_projection_bench(
-        batch * tokens if tokens else batch * 197,
-        method["bottleneck"],
-        _embed_dim(base),
-        method["num_experts"],
-        dev,
-        amp,
-        rounds=max(5, min(2 * rounds, 60)),
-        rng=rng,
-    )
-
-    # ---- FLOP accounting (ViTs only)
-    flops = _flop_section(base, rows, method["bottleneck"], batch, dev, amp, preset, step_flops)
-
-    ratios = _ratios(rows)
-    result: dict[str, Any] = {
-        "schema": "mosa.bench.speed/1",
-        "device": dev.type,
-        "device_name": _device_name(dev),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "mosa": mosa.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "preset": "quick" if quick else ("cuda" if dev.type == "cuda" else "cpu"),
-        "model": _model_info(base, name, overrides),
-        "method": method,
-        "batch_size": batch,
-        "input_shape": [batch, chans, h, w],
-        "dtype": f"autocast({str(amp).replace('torch.', '')})" if amp else "float32",
-        "optimizer": f"AdamW(lr={LR}, weight_decay={WEIGHT_DECAY})",
-        "steps": rounds,
-        "warmup_steps": warmup,
-        "infer_steps": infer_rounds,
-        "timing_method": (
-            "median of per-step wall times (device synchronised before and after each step); "
-            "a training step is zero_grad + forward (for consistency: one forward on the "
-            "doubled batch, each half with its own picks) + "
-            "loss + backward + AdamW step; inference is one eval forward under inference_mode"
-        ),
-        "order": (
-            f"interleaved: every round runs each variant once in a freshly shuffled order "
-            f"(seed {seed}), {warmup} warm-up rounds not recorded; medians over rounds, so "
-            "slow drift or noise in machine load does not favour any one variant"
-        ),
-        "memory_method": MEMORY_METHOD_CUDA if dev.type == "cuda" else MEMORY_METHOD_CPU,
-        "rows": list(rows.values()),
-        "ratios": ratios,
-        "paired_ratios": _paired_ratios(times),
-        "compiled_vs_eager": _compiled_ratios(rows, times),
-        "other_ratios": _other_ratios(rows),
-        "targets": dict(TARGETS),
-        "targets_met": {
-            k: (None if ratios[k] is None else bool(ratios[k] <= t)) for k, t in TARGETS.items()
-        },
-        "flops": flops,
-        "split_projection": projection,
-        "notes": _notes(dev),
-    }
-    result["elapsed_s"] = time.perf_counter() - t_start
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
-    return result
+        rows[n]["infer_img_s"] = x.shape[0] / med if med else None
 
 
 def _json_default(o: object) -> object:
