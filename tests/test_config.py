@@ -159,3 +159,30 @@ def test_copy_pickle_and_replace() -> None:
     assert d.rank == 8 and d.share == "up"
     with pytest.raises(ConfigError, match="rank"):
         dataclasses.replace(c, rank=0)
+
+
+def test_a_registered_method_is_a_valid_name_and_injects_its_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import timm
+    import torch
+
+    import mosa
+    from mosa import config as config_module
+
+    spec = config_module.MethodSpec("my_lora", ("lora",))
+    monkeypatch.setitem(config_module._METHODS, spec.name, spec)
+    cfg = MethodConfig(method="my_lora", rank=2)
+    assert cfg.uses_lora and not cfg.is_mosa and not cfg.uses_adapter
+
+    def tiny() -> torch.nn.Module:
+        torch.manual_seed(0)
+        kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3)
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw)
+
+    mine = mosa.inject(tiny(), cfg).state_dict()
+    lora = mosa.inject(tiny(), MethodConfig(method="lora", rank=2)).state_dict()
+    assert mine.keys() == lora.keys()
+    assert all(torch.equal(mine[k], lora[k]) for k in mine)
+    with pytest.raises(ConfigError, match="my_lor"):
+        MethodConfig(method="my_lor")

@@ -14,7 +14,7 @@ from torch import nn
 from mosa._version import __version__
 from mosa.config import MethodConfig
 from mosa.io import atomic_save_safetensors, atomic_write_json
-from mosa.model import adapter_state_dict, config_of, eject, inject, merge
+from mosa.model import adapter_state_dict, config_of, eject, forget_unmerge, inject, merge
 
 FORMAT = "mosa-adapter"
 FORMAT_VERSION = 1
@@ -154,6 +154,8 @@ def _load_into(model: nn.Module, directory: Path, meta: dict[str, Any]) -> nn.Mo
     with torch.no_grad():
         for k, t in expected.items():
             t.copy_(loaded[k].to(dtype=t.dtype))
+    if meta.get("merged"):
+        forget_unmerge(model)  # the experts behind merged weights are not in the file
     return model
 
 

@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS = ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
 STYLES = ("adaptformer", "pfeiffer", "houlsby")
 SHARES = ("down", "up", "none")
 GRANULARITIES = ("element", "row", "column")
@@ -21,6 +20,45 @@ LORA_TARGETS = ("q", "k", "v", "o", "mlp")
 DEFAULT_SCALE = {"adaptformer": 0.1, "pfeiffer": 1.0, "houlsby": 1.0}
 # The reference code's Pfeiffer and Houlsby adapters have no dropout.
 DEFAULT_DROPOUT = {"adaptformer": 0.1, "pfeiffer": 0.0, "houlsby": 0.0}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method name means: the parts it adds to every block (``"adapter"``, ``"lora"``;
+    each part's injector is registered in :mod:`mosa.model`), whether their projections are
+    split into sparse experts, and whether the backbone trains (and is saved) too."""
+
+    name: str
+    parts: tuple[str, ...] = ()
+    sparse: bool = False
+    trains_backbone: bool = False
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make ``spec.name`` a valid ``MethodConfig.method`` (timm-style registry)."""
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registered :class:`MethodSpec` of a method name."""
+    _choice("method", name, tuple(_METHODS))
+    return _METHODS[name]
+
+
+for _spec in (
+    MethodSpec("linear"),
+    MethodSpec("full", trains_backbone=True),
+    MethodSpec("adapter", ("adapter",)),
+    MethodSpec("lora", ("lora",)),
+    MethodSpec("mosa", ("adapter",), sparse=True),
+    MethodSpec("mosa_lora", ("lora",), sparse=True),
+):
+    register_method(_spec)
+METHODS = tuple(_METHODS)  # the built-in methods
 
 
 class ConfigError(ValueError, TypeError):
@@ -93,7 +131,7 @@ class MethodConfig:
         if isinstance(self.targets, str):
             self.targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
         self.targets = tuple(self.targets)
-        _choice("method", self.method, METHODS)
+        method_spec(self.method)
         _choice("style", self.style, STYLES)
         _choice("share", self.share, SHARES)
         _choice("granularity", self.granularity, GRANULARITIES)
@@ -128,17 +166,21 @@ class MethodConfig:
 
     # ----------------------------------------------------------------- derived values
     @property
+    def spec(self) -> MethodSpec:
+        return method_spec(self.method)
+
+    @property
     def is_mosa(self) -> bool:
         """True for the methods that split projections into sparse experts."""
-        return self.method in ("mosa", "mosa_lora")
+        return self.spec.sparse
 
     @property
     def uses_adapter(self) -> bool:
-        return self.method in ("adapter", "mosa")
+        return "adapter" in self.spec.parts
 
     @property
     def uses_lora(self) -> bool:
-        return self.method in ("lora", "mosa_lora")
+        return "lora" in self.spec.parts
 
     @property
     def adapter_scale(self) -> float:

@@ -32,6 +32,7 @@ def _route_seed(seed: int, index: int) -> int:
 
 
 _HANDLES = "mosa_hook_handles"
+_FOLDED_LORA = "mosa_folded_lora"
 
 
 def _attach_hook(owner: nn.Module, site: nn.Module, hook: Any, pre: bool = False) -> None:
@@ -62,64 +63,91 @@ def _reference_param(model: nn.Module) -> torch.Tensor:
     return next(model.parameters())
 
 
+class _Injection:
+    """What a part's injector needs: the method config, the seeded generator shared by every
+    new module, and the running index that gives each one its own routing seed."""
+
+    def __init__(self, model: nn.Module, config: MethodConfig) -> None:
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.index = 0
+        self.training = model.training
+        self.ref = _reference_param(model)
+
+    def route_seed(self) -> int:
+        seed = _route_seed(self.config.seed, self.index)
+        self.index += 1
+        return seed
+
+    def place(self, module: nn.Module) -> nn.Module:
+        module.train(self.training)
+        return module.to(device=self.ref.device, dtype=self.ref.dtype)
+
+
+def _inject_adapters(block: nn.Module, arch: Architecture, ctx: _Injection) -> None:
+    for site in arch.adapter_sites(block, ctx.config.style):
+        ad = Adapter.from_config(
+            site.dim,
+            ctx.config,
+            ctx.generator,
+            ctx.route_seed(),
+            channels_first=site.channels_first,
+            to_nchw=site.to_nchw,
+        )
+        block.add_module(site.name, ctx.place(ad))
+        if site.mode == "parallel_tap":
+            _attach_hook(ad, site.tap, ad.tap_hook, pre=True)
+            _attach_hook(ad, site.hooked, ad.parallel_tap_hook)
+        elif site.mode == "residual":
+            _attach_hook(ad, site.tap, ad.residual_tap_hook, pre=True)
+            _attach_hook(ad, site.hooked, ad.residual_add_hook)
+        elif site.mode == "parallel":
+            _attach_hook(ad, site.hooked, ad.parallel_hook)
+        else:
+            _attach_hook(ad, site.hooked, ad.sequential_hook)
+
+
+def _inject_lora(block: nn.Module, arch: Architecture, ctx: _Injection) -> None:
+    available = arch.lora_targets(block)
+    by_path: dict[str, dict[str, slice]] = {}
+    for t in ctx.config.targets:
+        for target in available[t]:
+            by_path.setdefault(target.path, {}).update(target.parts)
+    for path, parts in by_path.items():
+        layer = block.get_submodule(path)
+        lora = LoRA.from_config(layer, parts, ctx.config, ctx.generator, ctx.route_seed())
+        layer.add_module(PREFIX + "lora", ctx.place(lora))
+        _attach_hook(lora, layer, lora.hook)
+
+
+PartInjector = Callable[[nn.Module, Architecture, _Injection], None]
+# how each part of a registered method (mosa.config.MethodSpec.parts) enters a block
+PART_INJECTORS: dict[str, PartInjector] = {"adapter": _inject_adapters, "lora": _inject_lora}
+
+
 def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
     """Add ``config``'s method to every block of a timm model, in place, and return the model.
 
-    The backbone is frozen (except for ``full``), the classifier head stays trainable, and
-    new modules are registered under ``mosa_*`` names and attached with forward hooks, so the
-    backbone's own parameter names and classes are untouched.
+    The backbone is frozen (except for methods that train it, ``full``), the classifier head
+    stays trainable, and new modules are registered under ``mosa_*`` names and attached with
+    forward hooks, so the backbone's own parameter names and classes are untouched.
     """
     if not isinstance(config, MethodConfig):
         raise TypeError(f"config must be a mosa.MethodConfig, got {type(config).__name__}")
     if getattr(model, "mosa_config", None) is not None:
         raise ValueError("this model already has a mosa method injected; create a fresh model")
-    arch = find_architecture(model) if (config.uses_adapter or config.uses_lora) else None
+    spec = config.spec
+    arch = find_architecture(model) if spec.parts else None
     if arch is not None and config.uses_lora:
         _check_lora_targets(model, arch, config)
-    ref = _reference_param(model)
     for p in model.parameters():
-        p.requires_grad_(config.method == "full")
-    gen = torch.Generator().manual_seed(config.seed)
-    index = 0
+        p.requires_grad_(spec.trains_backbone)
+    ctx = _Injection(model, config)
     if arch is not None:
         for _, block in arch.blocks(model):
-            if config.uses_adapter:
-                for site in arch.adapter_sites(block, config.style):
-                    ad = Adapter(
-                        site.dim,
-                        config,
-                        gen,
-                        _route_seed(config.seed, index),
-                        channels_first=site.channels_first,
-                        to_nchw=site.to_nchw,
-                    )
-                    index += 1
-                    ad.train(model.training)
-                    block.add_module(site.name, ad.to(device=ref.device, dtype=ref.dtype))
-                    if site.mode == "parallel_tap":
-                        _attach_hook(ad, site.tap, ad.tap_hook, pre=True)
-                        _attach_hook(ad, site.hooked, ad.parallel_tap_hook)
-                    elif site.mode == "residual":
-                        _attach_hook(ad, site.tap, ad.residual_tap_hook, pre=True)
-                        _attach_hook(ad, site.hooked, ad.residual_add_hook)
-                    elif site.mode == "parallel":
-                        _attach_hook(ad, site.hooked, ad.parallel_hook)
-                    else:
-                        _attach_hook(ad, site.hooked, ad.sequential_hook)
-            if config.uses_lora:
-                available = arch.lora_targets(block)
-                by_path: dict[str, dict[str, slice]] = {}
-                for t in config.targets:
-                    for target in available[t]:
-                        by_path.setdefault(target.path, {}).update(target.parts)
-                for path, parts in by_path.items():
-                    layer = block.get_submodule(path)
-                    lora = LoRA(layer, parts, config, gen, _route_seed(config.seed, index))
-                    index += 1
-                    lora.train(model.training)
-                    layer.add_module(PREFIX + "lora", lora.to(device=ref.device, dtype=ref.dtype))
-                    _attach_hook(lora, layer, lora.hook)
-        if config.is_mosa and config.routing == "sample":
+            for part in spec.parts:  # in order: adapters, then LoRA, as before
+                PART_INJECTORS[part](block, arch, ctx)
+        if spec.sparse and config.routing == "sample":
             _attach_hook(model, model, _record_batch_size, pre=True)
     head = head_module_name(model)
     if head is not None:
@@ -173,7 +201,7 @@ def _replace_split_projections(model: nn.Module) -> None:
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, MoSALinear):
-                setattr(parent, child_name, child.to_linear())
+                setattr(parent, child_name, child.merge())
 
 
 @torch.no_grad()
@@ -183,19 +211,80 @@ def merge(model: nn.Module) -> nn.Module:
     MoSA experts become one dense projection (mean or sum rule); LoRA and MoSA-LoRA updates
     are folded into the backbone's own Linear weights and their modules removed, so such a
     model's ``state_dict()`` loads into an unmodified ``timm.create_model`` of the same name.
+    Non-finite merged values raise ``ValueError`` before anything changes that
+    :func:`unmerge` cannot undo.
     """
     config_of(model)
+    _check_finite_merge(model)
     folded: list[str] = list(getattr(model, "mosa_folded", []))
     for name, layer in list(model.named_modules()):
         lora = getattr(layer, PREFIX + "lora", None)
         if isinstance(layer, nn.Linear) and isinstance(lora, LoRA):
-            lora.fold_into(layer)
+            lora.merge(layer)
             _detach_hooks(lora)
             delattr(layer, PREFIX + "lora")
+            layer.__dict__[_FOLDED_LORA] = lora  # kept (outside state_dict) for unmerge
             folded.append(name)
     _replace_split_projections(model)
     model.mosa_merged = True
     model.mosa_folded = folded
+    return model
+
+
+def forget_unmerge(model: nn.Module) -> None:
+    """Drop what :func:`unmerge` would restore (after loading merged weights into a model that
+    was merged only to take their shape, the kept experts would be untrained ones)."""
+    for m in model.modules():
+        m.__dict__.pop(_FOLDED_LORA, None)
+        MoSALinear.forget_merge(m)
+
+
+def _check_finite_merge(model: nn.Module) -> None:
+    """Refuse to merge NaN or inf before the first layer changes (a merge is all or nothing)."""
+    for name, m in model.named_modules():
+        if isinstance(m, LoRA):
+            weights = [b.delta_weight() for b in m.branches.values()]
+        elif isinstance(m, MoSALinear):
+            weights = [m.merged_weight(), m.merged_bias()]
+        else:
+            continue
+        if not all(torch.isfinite(w).all() for w in weights if w is not None):
+            raise ValueError(f"{name} holds NaN or inf: refusing to merge (the model is unchanged)")
+
+
+@torch.no_grad()
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge` on a model merged in this process, in place, and return it: split
+    projections come back with their experts, routing state and partitions, folded LoRA
+    weights are restored exactly and their branches re-attached, so training goes on exactly
+    as if the model had never been merged. A model loaded from a merged checkpoint cannot be
+    unmerged (its experts are gone): ``ValueError``."""
+    cfg = config_of(model)
+    if not getattr(model, "mosa_merged", False):
+        return model
+    splits = [
+        (parent, name, split)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if (split := MoSALinear.unmerge_from(child)) is not None
+    ]
+    folded = {n: model.get_submodule(n) for n in getattr(model, "mosa_folded", [])}
+    if any(_FOLDED_LORA not in layer.__dict__ for layer in folded.values()) or (
+        cfg.is_mosa and cfg.uses_adapter and not splits
+    ):
+        raise ValueError(
+            "this model was not merged in this process (e.g. loaded from a merged checkpoint): "
+            "its experts or LoRA branches are gone, so it cannot be unmerged"
+        )
+    for parent, name, split in splits:
+        setattr(parent, name, split)
+    for layer in folded.values():
+        lora = layer.__dict__.pop(_FOLDED_LORA)
+        lora.unmerge(layer)
+        layer.add_module(PREFIX + "lora", lora)
+        _attach_hook(lora, layer, lora.hook)
+    model.mosa_merged = False
+    model.mosa_folded = []
     return model
 
 
@@ -268,7 +357,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for ``full`` fine-tuning the whole model."""
     cfg = config_of(model)
     sd = model.state_dict()
-    if cfg.method == "full":
+    if cfg.spec.trains_backbone:
         return dict(sd)
     head = head_module_name(model)
     keep_prefixes = tuple(f"{n}." for n in getattr(model, "mosa_folded", []))

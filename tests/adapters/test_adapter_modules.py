@@ -10,7 +10,7 @@ from torch import nn
 from mosa import MethodConfig
 from mosa.adapters.adapter import Adapter
 from mosa.adapters.lora import LoRA, LoRABranch
-from mosa.adapters.sparse import MoSALinear
+from mosa.adapters.sparse import ExpertOptions, MoSALinear
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -29,7 +29,7 @@ def fill(module: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("style", ["adaptformer", "pfeiffer", "houlsby"])
 def test_adapter_formula_and_zero_init(method: str, style: str) -> None:
     cfg = MethodConfig(method=method, style=style, bottleneck=6, dropout=0.0)
-    ad = Adapter(20, cfg, gen(), route_seed=0)
+    ad = Adapter.from_config(20, cfg, gen(), route_seed=0)
     x = torch.randn(3, 7, 20)
     assert torch.count_nonzero(ad(x)) == 0  # zero Up: the adapter starts as the identity
     fill(ad).eval()
@@ -48,12 +48,12 @@ def test_adapter_formula_and_zero_init(method: str, style: str) -> None:
 
 
 def test_adapter_scale_and_dropout_come_from_config() -> None:
-    ad = Adapter(8, MethodConfig(scale=0.5, dropout=0.3), gen(), 0)
+    ad = Adapter.from_config(8, MethodConfig(scale=0.5, dropout=0.3), gen(), 0)
     assert ad.scale == 0.5 and ad.drop.p == 0.3
 
 
 def test_adapter_init_is_kaiming_down_zero_up() -> None:
-    ad = Adapter(64, MethodConfig(method="adapter", bottleneck=16), gen(), 0)
+    ad = Adapter.from_config(64, MethodConfig(method="adapter", bottleneck=16), gen(), 0)
     bound = 1 / 64**0.5
     w = ad.down.weight.detach()
     assert torch.count_nonzero(w) == w.numel() and float(w.abs().max()) <= bound
@@ -66,7 +66,7 @@ def test_adapter_init_is_kaiming_down_zero_up() -> None:
     ("share", "down", "up"), [("down", False, True), ("up", True, False), ("none", True, True)]
 )
 def test_share_decides_which_projection_is_split(share: str, down: bool, up: bool) -> None:
-    ad = Adapter(12, MethodConfig(method="mosa", share=share, bottleneck=4), gen(), 0)
+    ad = Adapter.from_config(12, MethodConfig(method="mosa", share=share, bottleneck=4), gen(), 0)
     assert isinstance(ad.down, MoSALinear) == down
     assert isinstance(ad.up, MoSALinear) == up
     # the split Up starts from zero and stores no initial copy; a split Down keeps its W0
@@ -74,27 +74,29 @@ def test_share_decides_which_projection_is_split(share: str, down: bool, up: boo
         assert ad.up.weight_init is None
     if down:
         assert ad.down.weight_init is not None
-    br = LoRABranch(12, 10, MethodConfig(method="mosa_lora", share=share, rank=4), gen(), 0)
+    br = LoRABranch.from_config(
+        12, 10, MethodConfig(method="mosa_lora", share=share, rank=4), gen(), 0
+    )
     assert isinstance(br.A, MoSALinear) == down and isinstance(br.B, MoSALinear) == up
 
 
 def test_plain_adapter_and_lora_have_no_split() -> None:
-    ad = Adapter(12, MethodConfig(method="adapter", share="none"), gen(), 0)
-    br = LoRABranch(12, 10, MethodConfig(method="lora", share="none"), gen(), 0)
+    ad = Adapter.from_config(12, MethodConfig(method="adapter", share="none"), gen(), 0)
+    br = LoRABranch.from_config(12, 10, MethodConfig(method="lora", share="none"), gen(), 0)
     assert not any(isinstance(m, MoSALinear) for m in (*ad.modules(), *br.modules()))
 
 
 @torch.no_grad()
 def test_channels_first_adapter_moves_channels() -> None:
     cfg = MethodConfig(method="mosa", dropout=0.0)
-    a = fill(Adapter(8, cfg, gen(), 0, channels_first=True)).eval()
-    b = fill(Adapter(8, cfg, gen(), 0, channels_first=False)).eval()
+    a = fill(Adapter.from_config(8, cfg, gen(), 0, channels_first=True)).eval()
+    b = fill(Adapter.from_config(8, cfg, gen(), 0, channels_first=False)).eval()
     x = torch.randn(2, 8, 5, 5)
     torch.testing.assert_close(a(x), b(x.movedim(1, -1)).movedim(-1, 1))
 
 
 def test_tap_hook_guards_against_a_changed_forward_order() -> None:
-    ad = Adapter(8, MethodConfig(method="adapter"), gen(), 0)
+    ad = Adapter.from_config(8, MethodConfig(method="adapter"), gen(), 0)
     with pytest.raises(RuntimeError, match="tap"):
         ad.parallel_tap_hook(nn.Identity(), (torch.zeros(1, 8),), torch.zeros(1, 8))
 
@@ -103,11 +105,13 @@ def test_tap_hook_guards_against_a_changed_forward_order() -> None:
 
 
 def test_lora_branch_scaling_and_init() -> None:
-    br = LoRABranch(12, 10, MethodConfig(method="lora", rank=4, alpha=8.0), gen(), 0)
+    br = LoRABranch.from_config(12, 10, MethodConfig(method="lora", rank=4, alpha=8.0), gen(), 0)
     assert br.scaling == 2.0
     assert br.A.bias is None and br.B.bias is None
     assert torch.count_nonzero(br.B.weight) == 0 and torch.count_nonzero(br.A.weight) == 48
-    assert LoRABranch(12, 10, MethodConfig(method="lora", rank=4), gen(), 0).scaling == 1.0
+    assert (
+        LoRABranch.from_config(12, 10, MethodConfig(method="lora", rank=4), gen(), 0).scaling == 1.0
+    )
 
 
 @pytest.mark.parametrize("share", ["down", "up", "none"])
@@ -115,7 +119,7 @@ def test_lora_branch_scaling_and_init() -> None:
 @torch.no_grad()
 def test_lora_delta_weight_matches_eval_forward(method: str, share: str) -> None:
     cfg = MethodConfig(method=method, share=share, rank=3, alpha=6.0)
-    br = fill(LoRABranch(12, 10, cfg, gen(), 0)).eval()
+    br = fill(LoRABranch.from_config(12, 10, cfg, gen(), 0)).eval()
     x = torch.randn(4, 12)
     torch.testing.assert_close(br(x), x @ br.delta_weight().T, rtol=1e-5, atol=1e-6)
 
@@ -124,7 +128,9 @@ def test_lora_delta_weight_matches_eval_forward(method: str, share: str) -> None
 def test_lora_on_fused_qkv_slices_and_fold() -> None:
     base = nn.Linear(6, 18)
     parts = {"v": slice(12, 18), "q": slice(0, 6)}  # unordered on purpose
-    lora = fill(LoRA(base, parts, MethodConfig(method="mosa_lora", rank=2), gen(), 0)).eval()
+    lora = fill(
+        LoRA.from_config(base, parts, MethodConfig(method="mosa_lora", rank=2), gen(), 0)
+    ).eval()
     x = torch.randn(5, 6)
     delta = lora(x)
     assert delta.shape == (5, 18)
@@ -139,6 +145,22 @@ def test_lora_on_fused_qkv_slices_and_fold() -> None:
 @torch.no_grad()
 def test_lora_whole_layer() -> None:
     base = nn.Linear(6, 4)
-    lora = fill(LoRA(base, {"w": slice(0, 4)}, MethodConfig(method="lora", rank=2), gen(), 0))
+    lora = fill(
+        LoRA.from_config(base, {"w": slice(0, 4)}, MethodConfig(method="lora", rank=2), gen(), 0)
+    )
     x = torch.randn(3, 6)
     torch.testing.assert_close(lora(x), lora.branches["w"](x))
+
+
+def test_layers_build_from_plain_keywords_as_from_a_config() -> None:
+    cfg = MethodConfig(method="mosa", share="none", bottleneck=4, num_experts=3, bias="expert")
+    experts = ExpertOptions(num_experts=3, expert_bias=True)
+    plain = Adapter(
+        12, bottleneck=4, scale=0.1, dropout=0.1, down_experts=experts, up_experts=experts,
+        generator=gen(),
+    )  # fmt: skip
+    built = Adapter.from_config(12, cfg, gen(), 0)
+    a, b = plain.state_dict(), built.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    branch = LoRABranch(12, 10, rank=4, scaling=1.0, generator=gen())
+    assert isinstance(branch.A, torch.nn.Linear) and branch.A.out_features == 4

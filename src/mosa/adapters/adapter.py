@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mosa.adapters.sparse import MoSALinear
+from mosa.adapters.sparse import ExpertOptions, MoSALinear
 from mosa.config import MethodConfig
 
 _ACTIVATIONS = {"adaptformer": nn.GELU, "pfeiffer": nn.ReLU, "houlsby": nn.SiLU}
@@ -34,30 +34,40 @@ def make_projection(
     in_features: int,
     out_features: int,
     *,
-    split: bool,
+    experts: ExpertOptions | None,
     init: str,
-    config: MethodConfig,
     generator: torch.Generator,
     route_seed: int,
     bias: bool = True,
 ) -> nn.Module:
-    """A dense ``nn.Linear`` or, when ``split``, a :class:`MoSALinear` with the config's options
-    (per-expert biases when ``config.bias == "expert"``)."""
-    if not split:
+    """A dense ``nn.Linear``, or with ``experts`` a :class:`MoSALinear` split that way."""
+    if experts is None:
         return dense_linear(in_features, out_features, init, generator, bias)
     return MoSALinear(
         in_features,
         out_features,
-        num_experts=config.num_experts,
+        num_experts=experts.num_experts,
         bias=bias,
-        expert_bias=bias and config.bias == "expert",
+        expert_bias=bias and experts.expert_bias,
         init=init,
-        granularity=config.granularity,
-        merge=config.merge,
-        routing=config.routing,
+        granularity=experts.granularity,
+        merge=experts.merge,
+        routing=experts.routing,
         generator=generator,
         route_seed=route_seed,
     )
+
+
+def split_options(config: MethodConfig) -> tuple[ExpertOptions | None, ExpertOptions | None]:
+    """The expert options of a method's (down / A, up / B) projections; None: dense."""
+    experts = ExpertOptions(
+        num_experts=config.num_experts,
+        granularity=config.granularity,
+        merge=config.merge,
+        routing=config.routing,
+        expert_bias=config.bias == "expert",
+    )
+    return (experts if config.split_down else None, experts if config.split_up else None)
 
 
 class Adapter(nn.Module):
@@ -79,41 +89,67 @@ class Adapter(nn.Module):
     def __init__(
         self,
         dim: int,
-        config: MethodConfig,
+        *,
+        bottleneck: int,
+        style: str = "adaptformer",
+        scale: float = 0.1,
+        dropout: float = 0.0,
+        down_experts: ExpertOptions | None = None,
+        up_experts: ExpertOptions | None = None,
         generator: torch.Generator,
-        route_seed: int,
+        route_seed: int = 0,
         channels_first: bool = False,
         to_nchw: bool = False,
     ) -> None:
         super().__init__()
-        style = config.style
-        r = config.bottleneck
         self.style = style
-        self.scale = config.adapter_scale
+        self.scale = scale
         self.channels_first = channels_first  # input (and output) are NCHW
         self.to_nchw = to_nchw  # channels-last input whose branch is added to an NCHW output
         self.norm = nn.LayerNorm(dim) if style in ("adaptformer", "pfeiffer") else nn.Identity()
         self.down = make_projection(
             dim,
-            r,
-            split=config.split_down,
+            bottleneck,
+            experts=down_experts,
             init="kaiming",
-            config=config,
             generator=generator,
             route_seed=route_seed,
         )
         self.act = _ACTIVATIONS[style]()
-        self.drop = nn.Dropout(config.adapter_dropout)
+        self.drop = nn.Dropout(dropout)
         self.up = make_projection(
-            r,
+            bottleneck,
             dim,
-            split=config.split_up,
+            experts=up_experts,
             init="zero",
-            config=config,
             generator=generator,
             route_seed=route_seed + 1,
         )
         self._tapped: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        dim: int,
+        config: MethodConfig,
+        generator: torch.Generator,
+        route_seed: int,
+        **site: Any,
+    ) -> Adapter:
+        """The adapter a :class:`MethodConfig` describes (``site``: channels_first, to_nchw)."""
+        down, up = split_options(config)
+        return cls(
+            dim,
+            bottleneck=config.bottleneck,
+            style=config.style,
+            scale=config.adapter_scale,
+            dropout=config.adapter_dropout,
+            down_experts=down,
+            up_experts=up,
+            generator=generator,
+            route_seed=route_seed,
+            **site,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_first:  # ConvNeXt with conv_mlp keeps NCHW

@@ -7,14 +7,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from mosa.adapters.adapter import make_projection
-from mosa.adapters.sparse import MoSALinear
+from mosa.adapters.adapter import make_projection, split_options
+from mosa.adapters.sparse import ExpertOptions, MoSALinear
 from mosa.config import MethodConfig
 
 
 def projection_weight(proj: nn.Module) -> torch.Tensor:
     """The dense weight a projection applies in eval: merged for a MoSA split, plain otherwise."""
     return proj.merged_weight() if isinstance(proj, MoSALinear) else proj.weight
+
+
+def lora_options(config: MethodConfig) -> dict[str, Any]:
+    """:class:`LoRABranch`'s options from a :class:`MethodConfig`."""
+    a, b = split_options(config)
+    return {"rank": config.rank, "scaling": config.lora_scaling, "a_experts": a, "b_experts": b}
 
 
 class LoRABranch(nn.Module):
@@ -24,28 +30,51 @@ class LoRABranch(nn.Module):
         self,
         in_features: int,
         out_features: int,
+        *,
+        rank: int,
+        scaling: float = 1.0,
+        a_experts: ExpertOptions | None = None,
+        b_experts: ExpertOptions | None = None,
+        generator: torch.Generator,
+        route_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.scaling = scaling
+        self.A = make_projection(
+            in_features,
+            rank,
+            experts=a_experts,
+            init="kaiming",
+            generator=generator,
+            route_seed=route_seed,
+            bias=False,
+        )
+        self.B = make_projection(
+            rank,
+            out_features,
+            experts=b_experts,
+            init="zero",
+            generator=generator,
+            route_seed=route_seed + 1,
+            bias=False,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        in_features: int,
+        out_features: int,
         config: MethodConfig,
         generator: torch.Generator,
         route_seed: int,
-    ) -> None:
-        super().__init__()
-        self.scaling = config.lora_scaling
-        common: dict[str, Any] = dict(config=config, generator=generator, bias=False)
-        self.A = make_projection(
+    ) -> LoRABranch:
+        """The branch a :class:`MethodConfig` describes."""
+        return cls(
             in_features,
-            config.rank,
-            split=config.split_down,
-            init="kaiming",
-            route_seed=route_seed,
-            **common,
-        )
-        self.B = make_projection(
-            config.rank,
             out_features,
-            split=config.split_up,
-            init="zero",
-            route_seed=route_seed + 1,
-            **common,
+            **lora_options(config),
+            generator=generator,
+            route_seed=route_seed,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,21 +96,39 @@ class LoRA(nn.Module):
         self,
         base: nn.Linear,
         parts: dict[str, slice],
-        config: MethodConfig,
+        *,
         generator: torch.Generator,
-        route_seed: int,
+        route_seed: int = 0,
+        **branch: Any,
     ) -> None:
+        """``branch``: :class:`LoRABranch`'s options (rank, scaling, a_experts, b_experts)."""
         super().__init__()
         self.slices = parts
         self.out_features = base.out_features
         self.branches = nn.ModuleDict(
             {
                 name: LoRABranch(
-                    base.in_features, s.stop - s.start, config, generator, route_seed + 2 * i
+                    base.in_features,
+                    s.stop - s.start,
+                    generator=generator,
+                    route_seed=route_seed + 2 * i,
+                    **branch,
                 )
                 for i, (name, s) in enumerate(parts.items())
             }
         )
+
+    @classmethod
+    def from_config(
+        cls,
+        base: nn.Linear,
+        parts: dict[str, slice],
+        config: MethodConfig,
+        generator: torch.Generator,
+        route_seed: int,
+    ) -> LoRA:
+        """LoRA on ``base`` as a :class:`MethodConfig` describes it."""
+        return cls(base, parts, generator=generator, route_seed=route_seed, **lora_options(config))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The additive update to the base layer's output."""
@@ -109,3 +156,21 @@ class LoRA(nn.Module):
         for name, s in self.slices.items():
             delta = self.branches[name].delta_weight()
             base.weight[s] += delta.to(base.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self, base: nn.Linear) -> None:
+        """Fold into ``base`` (refusing a non-finite update) and keep ``base``'s weight as it
+        was, so :meth:`unmerge` restores it bit for bit (subtracting again would round)."""
+        for name in self.slices:
+            if not torch.isfinite(self.branches[name].delta_weight()).all():
+                raise ValueError(f"LoRA branch {name!r} holds NaN or inf: refusing to merge")
+        self.__dict__["base_weight"] = base.weight.detach().clone()
+        self.fold_into(base)
+
+    @torch.no_grad()
+    def unmerge(self, base: nn.Linear) -> None:
+        """Undo :meth:`merge` on ``base``."""
+        saved = self.__dict__.pop("base_weight", None)
+        if saved is None:
+            raise ValueError("this LoRA was not merged in this process: nothing to undo")
+        base.weight.copy_(saved)

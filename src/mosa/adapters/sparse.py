@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mosa.adapters.partition import make_partition
+
+_UNMERGED = "mosa_unmerged"
+
+
+@dataclass(frozen=True)
+class ExpertOptions:
+    """How a projection is split into sparse experts (the keyword arguments of MoSALinear
+    besides its shape, init and seeds)."""
+
+    num_experts: int = 4
+    granularity: str = "element"
+    merge: str = "mean"
+    routing: str = "batch"
+    expert_bias: bool = False
 
 
 class MoSALinear(nn.Module):
@@ -119,6 +134,27 @@ class MoSALinear(nn.Module):
         if not self.expert_bias or self.bias is None:
             return self.bias
         return self.bias.mean(0) if self.merge_rule == "mean" else self.bias.sum(0)
+
+    def merge(self) -> nn.Linear:
+        """The deployable form: :meth:`to_linear`, refusing non-finite merged values. The
+        Linear remembers this module, so :meth:`unmerge_from` can put it back unchanged."""
+        lin = self.to_linear()
+        if not torch.isfinite(lin.weight).all() or (
+            lin.bias is not None and not torch.isfinite(lin.bias).all()
+        ):
+            raise ValueError("the merged MoSA projection holds NaN or inf: refusing to merge")
+        lin.__dict__[_UNMERGED] = self  # not a submodule: stays out of state_dict()
+        return lin
+
+    @staticmethod
+    def unmerge_from(lin: nn.Module) -> MoSALinear | None:
+        """The split projection a :meth:`merge` in this process turned into ``lin``, if any."""
+        return lin.__dict__.get(_UNMERGED)
+
+    @staticmethod
+    def forget_merge(lin: nn.Module) -> None:
+        """Drop what :meth:`unmerge_from` would give back for ``lin``."""
+        lin.__dict__.pop(_UNMERGED, None)
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the merged weight (the deployable form)."""

@@ -1,0 +1,83 @@
+"""mosa.unmerge undoes mosa.merge: training goes on exactly as if the model was never merged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mosa
+from conftest import build_model, colour_data, train_steps
+from mosa import MethodConfig
+
+METHODS = {
+    "adapter": MethodConfig(method="adapter", bottleneck=4),
+    "lora": MethodConfig(method="lora", rank=2),
+    # share none: both projections split, one of them with a stored initial weight W0
+    "mosa": MethodConfig(method="mosa", bottleneck=4, share="none"),
+    "mosa_lora": MethodConfig(method="mosa_lora", rank=2),
+}
+
+
+def _model(name: str) -> torch.nn.Module:
+    return mosa.inject(build_model("vit"), METHODS[name])
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_merge_then_unmerge_trains_on_exactly_as_before(name: str) -> None:
+    straight, detour = _model(name), _model(name)
+    first = train_steps(straight, 3) + train_steps(straight, 3)
+    losses = train_steps(detour, 3)
+    mosa.merge(detour)
+    merged_logits = detour.eval()(colour_data()[0])
+    mosa.unmerge(detour)
+    losses += train_steps(detour, 3)
+    assert losses == first
+    a, b = _state(straight), _state(detour)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(
+        torch.cat([s.flatten() for s in mosa.get_rng_state(straight).values()] or [torch.zeros(0)]),
+        torch.cat([s.flatten() for s in mosa.get_rng_state(detour).values()] or [torch.zeros(0)]),
+    )
+    assert not detour.mosa_merged
+    assert torch.isfinite(merged_logits).all()
+
+
+def test_merge_refuses_nan_and_leaves_the_model_unchanged() -> None:
+    model = _model("mosa_lora")
+    train_steps(model, 2)
+    before = _state(model)
+    lora = next(m for m in model.modules() if type(m).__name__ == "LoRA")
+    with torch.no_grad():
+        next(iter(lora.branches.values())).B.weight.fill_(float("nan"))
+    poisoned = _state(model)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        mosa.merge(model)
+    assert not model.mosa_merged
+    after = _state(model)
+    assert after.keys() == before.keys()
+    for k in after:
+        torch.testing.assert_close(after[k], poisoned[k], rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+def test_a_model_loaded_merged_cannot_be_unmerged(tmp_path) -> None:
+    model = _model("mosa")
+    train_steps(model, 2)
+    mosa.merge(model)
+    mosa.save_adapter(model, tmp_path / "merged")
+    loaded = mosa.load_adapter(build_model("vit"), tmp_path / "merged")
+    with pytest.raises(ValueError, match="cannot be unmerged"):
+        mosa.unmerge(loaded)
+
+
+def test_unmerge_of_an_unmerged_model_changes_nothing() -> None:
+    model = _model("mosa")
+    before = _state(model)
+    assert mosa.unmerge(model) is model
+    after = _state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
