@@ -3,6 +3,7 @@
 from mosa._version import __version__
 from mosa.checkpoint import CheckpointError, load_adapter, read_adapter_config, save_adapter
 from mosa.config import ConfigError, MethodConfig
+from mosa.export import ExportError, export_timm
 from mosa.model import (
     draw_routes,
     forward_twice,
@@ -12,14 +13,17 @@ from mosa.model import (
     routing_groups,
     set_rng_state,
     summary,
+    unmerge,
 )
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "ExportError",
     "MethodConfig",
     "__version__",
     "draw_routes",
+    "export_timm",
     "forward_twice",
     "get_rng_state",
     "inject",
@@ -30,4 +34,5 @@ __all__ = [
     "save_adapter",
     "set_rng_state",
     "summary",
+    "unmerge",
 ]

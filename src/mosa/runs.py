@@ -3,6 +3,8 @@ load it for evaluation. Used by the engine and the command line alike.
 
 A checkpoint is an adapter folder (``adapter_config.json`` + ``adapter.safetensors``) or a
 finished run folder holding one under ``adapter/`` next to the run's ``config.json``.
+:func:`evaluate_checkpoint` is what ``mosa eval`` runs; :func:`resume_config` what
+``mosa train --resume`` trains.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from torch import nn
+from torch.utils.data import Dataset
 
 from mosa.backbones.zoo import load_backbone
 from mosa.checkpoint import (
@@ -27,7 +32,11 @@ from mosa.checkpoint import (
     read_adapter_config,
 )
 from mosa.config import ConfigError, MethodConfig
-from mosa.engine.config import TrainConfig
+from mosa.data import build_dataset
+from mosa.engine.config import DataConfig, TrainConfig
+from mosa.engine.data import dataset_num_classes, eval_loader, resolve_data_configs, resolve_input
+from mosa.engine.distributed import DistInfo, resolve_device
+from mosa.engine.evaluate import evaluate
 from mosa.engine.multitask import (
     HEADS,
     JOINT_HEAD,
@@ -37,6 +46,7 @@ from mosa.engine.multitask import (
 )
 from mosa.model import inject
 from mosa.model import merge as merge_model
+from mosa.recipes import apply_overrides, build_config
 
 RUN_CONFIG = "config.json"
 
@@ -228,3 +238,251 @@ def load_for_eval(
     if merge and not getattr(view.model, "mosa_merged", False):
         merge_model(view.model)
     return view.eval()
+
+
+# ----------------------------------------------------------------------------- resume
+def resume_config(run_dir: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config to continue ``run_dir`` with: its ``config.json`` with ``key=value``
+    ``overrides`` applied, writing into ``run_dir`` again (``mosa train --resume``)."""
+    run_dir = Path(run_dir)
+    tree = apply_overrides(read_run_config(run_dir).to_dict(), overrides)
+    tree["out"] = str(run_dir)
+    return build_config(tree, str(run_dir / RUN_CONFIG))
+
+
+# ----------------------------------------------------------------------------- evaluation
+DATA_SPEC = "KIND:ROOT:TASK[:SPLIT]"
+
+
+class UsageError(ValueError):
+    """What was asked of a checkpoint does not fit it: a task it has no head for, data
+    with more classes than the head, an evaluation with nothing to evaluate on.
+
+    ``str(e)`` names the Python arguments (``task='digits'``); ``e.cli`` says the same with
+    the command line's options (``--task digits``), which is how ``mosa`` reports it.
+    """
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli or message
+
+
+@dataclass(frozen=True)
+class _EvalTarget:
+    """One evaluation of :func:`evaluate_checkpoint`: a data set, its split, and the task whose
+    head to use (None: a single-task adapter's own head, unnamed)."""
+
+    data: DataConfig
+    split: str | None
+    head: str | None
+
+
+def check_task(ckpt: Checkpoint, task: str, tasks: Sequence[str] | None) -> None:
+    """A :class:`UsageError` unless ``task`` names one of the adapter's heads (``tasks``, from
+    :func:`adapter_tasks`) or, for a single-task adapter (``tasks`` None), the task it was
+    trained on (accepted when no run config says)."""
+    if tasks is not None:
+        if task in tasks:
+            return
+        hint = difflib.get_close_matches(task, list(tasks), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise UsageError(
+            f"{ckpt.adapter_dir} has no head for task {task!r}{extra}; tasks: {', '.join(tasks)}"
+        )
+    labels = [d.label for d in ckpt.run_config.data] if ckpt.run_config else []
+    if labels and task != labels[0]:
+        msg = f"{ckpt.adapter_dir} is a single-task adapter trained on {labels[0]!r}, not {task!r}"
+        raise UsageError(f"{msg}: pass task=None", cli=f"{msg}: drop --task")
+
+
+def parse_data_spec(spec: str) -> tuple[str, str, str, str | None]:
+    """``KIND:ROOT:TASK[:SPLIT]`` (e.g. ``vtab:data/vtab:digits:test``) -> (kind, root, task,
+    split or None)."""
+    parts = spec.split(":")
+    # a Windows drive letter or "kind:root" without a task are not supported: say what is
+    if len(parts) not in (3, 4) or not all(parts[:3]):
+        expected = f"expected {DATA_SPEC}, e.g. vtab:data/vtab:digits:test"
+        raise UsageError(f"data={spec!r}: {expected}", cli=f"--data {spec!r}: {expected}")
+    return parts[0], parts[1], parts[2], (parts[3] if len(parts) == 4 and parts[3] else None)
+
+
+def _run_data(run: TrainConfig, head: str | None, *, required: bool) -> DataConfig:
+    """The data config of ``run`` whose label is ``head`` (the first one when ``head`` is None,
+    or when it has none and a stand-in is enough: ``required=False``)."""
+    for d in run.data:
+        if head is None or d.label == head:
+            return d
+    if not required:
+        return run.data[0]
+    labels = ", ".join(d.label for d in run.data)
+    msg = f"the run config has no data set labelled {head!r} (it has {labels}): say what to "
+    raise UsageError(
+        f"{msg}evaluate that head on with data='{DATA_SPEC}'",
+        cli=f"{msg}evaluate that head on with --data {DATA_SPEC}",
+    )
+
+
+def _spec_target(
+    ckpt: Checkpoint,
+    run: TrainConfig | None,
+    tasks: Sequence[str] | None,
+    task: str | None,
+    spec: str,
+    split: str | None,
+) -> _EvalTarget:
+    """The target of a ``data`` spec: the run's preprocessing, the spec's images."""
+    kind, root, name, spec_split = parse_data_spec(spec)
+    head = task
+    if head is None and tasks is not None:
+        if len(tasks) != 1:
+            msg = (
+                f"{ckpt.adapter_dir} has a head for each of {len(tasks)} tasks "
+                f"({', '.join(tasks)}): say which one to evaluate "
+            )
+            raise UsageError(
+                f"{msg}data with, e.g. task={tasks[0]!r}",
+                cli=f"{msg}--data with, e.g. --task {tasks[0]}",
+            )
+        head = tasks[0]
+    base = _run_data(run, head, required=False) if run is not None else DataConfig()
+    # keep the run's preprocessing (size, normalisation), change where the images come from
+    data = dataclasses.replace(base, kind=kind, root=root, task=name, name=None)
+    return _EvalTarget(data, spec_split or split, head)
+
+
+def _eval_targets(
+    path: str | os.PathLike[str],
+    ckpt: Checkpoint,
+    run: TrainConfig | None,
+    tasks: Sequence[str] | None,
+    *,
+    task: str | None,
+    data: str | None,
+    split: str | None,
+) -> list[_EvalTarget]:
+    """What :func:`evaluate_checkpoint` evaluates, checked against the checkpoint."""
+    if task is not None:
+        check_task(ckpt, task, tasks)
+    if data is not None:
+        return [_spec_target(ckpt, run, tasks, task, data, split)]
+    if run is None:
+        msg = f"{path} has no run config next to it: say what to evaluate on with "
+        raise UsageError(
+            f"{msg}data='{DATA_SPEC}' or config=...", cli=f"{msg}--data {DATA_SPEC} or --config"
+        )
+    if tasks is None and task is None:  # the run's own data sets through the adapter's head
+        return [_EvalTarget(d, split, None) for d in run.data]
+    heads = [task] if task is not None else list(tasks or [])
+    return [_EvalTarget(_run_data(run, h, required=True), split, h) for h in heads]
+
+
+def _rebuild(
+    ckpt: Checkpoint, run: TrainConfig | None, head: str | None, weights: str | None
+) -> tuple[TaskView, TrainConfig]:
+    """The merged model seen through ``head`` (None: a single-task adapter), and the config it
+    was built from (the run's, or a stand-in naming the adapter's backbone)."""
+    name = ckpt.meta.get("backbone") or (run.backbone if run is not None else None)
+    if not name:
+        raise CheckpointError(f"{ckpt.adapter_dir}: adapter_config.json names no backbone")
+    # a run config that could not be read is no reason to refuse: the adapter alone says
+    # backbone and classes (and a stand-in keeps load_for_eval from reading it again)
+    config = run if run is not None else TrainConfig(backbone=name)
+    try:
+        view = load_for_eval(ckpt.adapter_dir, head, config=config, weights=weights)
+    except RuntimeError as e:  # no network, weights that do not fit: say so in one line
+        raise CheckpointError(f"cannot build backbone {name!r}: {e}") from e
+    return view, config
+
+
+def _eval_dataset(d: DataConfig, target: _EvalTarget, view: TaskView) -> Dataset:
+    """``target``'s split of ``d`` (resolved), refused when it has more classes than the head."""
+    if target.split is None:
+        msg = f"{d.label}: no split to evaluate; pass "
+        raise UsageError(f"{msg}split=...", cli=f"{msg}--split")
+    ds = build_dataset(
+        d.kind,
+        d.root,
+        d.task,
+        target.split,
+        img_size=int(d.img_size or 0),
+        mean=d.mean,
+        std=d.std,
+        train=False,
+        cache=False,
+    )
+    found, k = dataset_num_classes(ds), view.num_classes
+    if found > k:
+        whose = f"task {target.head!r}'s head" if target.head is not None else "the adapter's head"
+        raise UsageError(
+            f"{d.kind}:{d.task}:{target.split} has {found} classes but {whose} has {k}: "
+            "evaluate it on the task it was trained for"
+        )
+    return ds
+
+
+def _result(
+    ckpt: Checkpoint, target: _EvalTarget, d: DataConfig, r: dict[str, Any]
+) -> dict[str, Any]:
+    """One entry of :func:`evaluate_checkpoint`'s list (what ``mosa eval --out`` writes)."""
+    entry: dict[str, Any] = {} if target.head is None else {"task": target.head}
+    entry.update(
+        {
+            "data": f"{d.kind}:{d.root}:{d.task}:{target.split}",
+            "top1": r["acc"],
+            "n": r["n"],
+            "loss": r["loss"],
+            "adapter": str(ckpt.adapter_dir),
+            "method": ckpt.meta.get("method", {}).get("method"),
+            "backbone": ckpt.meta.get("backbone"),
+            "merged": True,
+        }
+    )
+    return entry
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    data: str | None = None,
+    split: str | None = "test",
+    config: TrainConfig | None = None,
+    weights: str | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Top-1 of a trained adapter, merged as deployed (what ``mosa eval`` runs).
+
+    ``path``: a run folder or an adapter folder. The data comes from ``data`` (a
+    ``KIND:ROOT:TASK[:SPLIT]`` spec, with the run's preprocessing), else from ``config`` or
+    the run's own config.json; ``split`` is the split when the spec names none. A multi-task
+    adapter is evaluated through ``task``'s head, or through each head on the run's data set
+    of that name. ``weights``: a local backbone weights file; ``device`` defaults to the run's.
+
+    Returns one dict per evaluation: ``task`` (when a head is named), ``data``
+    (``kind:root:task:split``), ``top1``, ``n``, ``loss``, ``adapter``, ``method``,
+    ``backbone``, ``merged``. Raises :class:`UsageError` for a request that does not fit the
+    checkpoint (an unknown task, data with more classes than the head), before evaluating.
+    """
+    ckpt = find_checkpoint(path)
+    run = config if config is not None else ckpt.run_config
+    tasks = adapter_tasks(ckpt.adapter_dir)  # None: a single-task adapter
+    targets = _eval_targets(path, ckpt, run, tasks, task=task, data=data, split=split)
+    view, built = _rebuild(ckpt, run, targets[0].head if tasks is not None else None, weights)
+    # every head sits on the same merged model: one rebuild, a view per head
+    views = {targets[0].head: view}
+    for t in targets[1:]:
+        views.setdefault(t.head, TaskView(view.model, t.head).eval())
+    size, mean, std = resolve_input(built, view.model)
+    datas = resolve_data_configs(TrainConfig(data=[t.data for t in targets]), size, mean, std)
+    info = DistInfo(0, 1, 0, resolve_device(device or built.device), None, False)
+    view.model.to(info.device)
+    # every data set is checked against its head before the first is evaluated
+    sets = [_eval_dataset(d, t, views[t.head]) for d, t in zip(datas, targets, strict=True)]
+    results = []
+    for d, t, ds in zip(datas, targets, sets, strict=True):
+        loader = eval_loader(ds, batch_size, info, num_workers=0)
+        with torch.inference_mode():
+            r = evaluate(views[t.head], loader, info)
+        results.append(_result(ckpt, t, d, r))
+    return results

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 import mosa
 from mosa.backbones.zoo import load_backbone
 from mosa.cli.main import main
+from mosa.runs import UsageError, evaluate_checkpoint
 
 NUM_CLASSES = 10
 
@@ -97,3 +98,23 @@ def test_eval_reports_the_merged_models_top1(backbone_file, tmp_path, capsys):
     assert res["top1"] == pytest.approx(want)
     assert res["merged"] is True and res["method"] == "mosa"
     assert f"top-1 {100 * want:.2f}%" in capsys.readouterr().out
+
+
+def test_evaluate_checkpoint_returns_what_eval_writes(backbone_file, tmp_path, capsys):
+    prepare = pytest.importorskip("mosa.data.prepare")
+    root = tmp_path / "data"
+    prepare.prepare_tasks(root, ["digits"], seed=0, limit=24)
+    _, adapter = trained_adapter(backbone_file, tmp_path, "lora")
+    data = f"vtab:{root}:digits:test"
+    out = tmp_path / "eval.json"
+    rc = main(["eval", str(adapter), "--data", data, "--weights", str(backbone_file),
+               "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    results = evaluate_checkpoint(adapter, data=data, weights=str(backbone_file), device="cpu")
+    assert results == [json.loads(out.read_text())]
+    assert results[0]["n"] == 24 and results[0]["method"] == "lora"
+    assert f"top-1 {100 * results[0]['top1']:.2f}% (24 images)" in printed
+    with pytest.raises(UsageError) as exc:  # no run config next to the adapter, no data
+        evaluate_checkpoint(adapter, weights=str(backbone_file))
+    assert "data='KIND:ROOT:TASK[:SPLIT]'" in str(exc.value) and "--data" in exc.value.cli

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from mosa.cli.main import main
 from mosa.data import build_dataset, prepare_tasks
 from mosa.engine import DataConfig, OptimConfig, TrainConfig, train
-from mosa.runs import load_for_eval
+from mosa.runs import UsageError, evaluate_checkpoint, load_for_eval
 
 TASKS = ("digits", "fmnist_scale")
 CLASSES = {"digits": 10, "fmnist_scale": 4}
@@ -198,3 +198,20 @@ def test_merge_task_exports_that_tasks_timm_model(
         torch.testing.assert_close(plain.eval()(x), trained(x), rtol=1e-4, atol=1e-5)
     assert main(["merge", str(run), "--task", "cifar", "--out", str(deploy)]) == 2
     assert "no head for task 'cifar'" in capsys.readouterr().err
+
+
+def test_evaluate_checkpoint_matches_mosa_eval_on_every_task(
+    mosa_run: Path, root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(mosa_run), "--device", "cpu", "--out", str(out)]) == 0
+    results = evaluate_checkpoint(mosa_run, device="cpu")
+    assert results == json.loads(out.read_text())
+    summary = _task_summary(mosa_run)
+    assert {r["task"]: r["top1"] for r in results} == pytest.approx(
+        {t: summary[t]["test_acc"] for t in TASKS}
+    )
+    # one head per task: data without a task is ambiguous, said in Python's and the CLI's terms
+    with pytest.raises(UsageError) as exc:
+        evaluate_checkpoint(mosa_run, data=f"vtab:{root}:digits:val200")
+    assert "task='digits'" in str(exc.value) and "--task digits" in exc.value.cli

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -22,10 +20,9 @@ __all__ = [
     "Checkpoint",
     "build_model",
     "build_task_view",
-    "check_single_task",
-    "check_task",
     "find_checkpoint",
     "read_run_config",
+    "warn_if_random_backbone",
 ]
 
 
@@ -81,24 +78,14 @@ def _warn_random_backbone(name: str) -> None:
     )
 
 
-def check_task(task: str, tasks: list[str], where: Path) -> None:
-    """A CliError naming the heads (and the closest one) unless ``task`` is one of ``tasks``."""
-    if task in tasks:
-        return
-    hint = difflib.get_close_matches(task, tasks, n=1)
-    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise CliError(f"{where} has no head for task {task!r}{extra}; tasks: {', '.join(tasks)}")
-
-
-def check_single_task(ckpt: Checkpoint, task: str) -> None:
-    """A CliError unless ``task`` is what the single-task adapter was trained on (accepted
-    when no run config says)."""
-    labels = [d.label for d in ckpt.run_config.data] if ckpt.run_config else []
-    if labels and task != labels[0]:
-        raise CliError(
-            f"{ckpt.adapter_dir} is a single-task adapter trained on {labels[0]!r}, not "
-            f"{task!r}: drop --task"
-        )
+def warn_if_random_backbone(
+    ckpt: Checkpoint, *, weights: str | None = None, config: TrainConfig | None = None
+) -> None:
+    """Warn when the checkpoint's backbone is rebuilt with random weights: no ``weights``
+    file, and a run config (``config`` or the run's) with neither weights nor pretrained."""
+    run = config or ckpt.run_config
+    if weights is None and run is not None and not run.weights and not run.pretrained:
+        _warn_random_backbone(str(ckpt.meta.get("backbone") or run.backbone))
 
 
 def build_task_view(
@@ -115,8 +102,7 @@ def build_task_view(
     """
     run = config or ckpt.run_config
     name = ckpt.meta.get("backbone") or (run.backbone if run else None)
-    if weights is None and run is not None and not run.weights and not run.pretrained:
-        _warn_random_backbone(str(name))
+    warn_if_random_backbone(ckpt, weights=weights, config=config)
     try:
         return load_for_eval(ckpt.adapter_dir, task, config=run, weights=weights)
     except RuntimeError as e:  # no network, weights that do not fit: say so in one line
