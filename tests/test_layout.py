@@ -110,3 +110,15 @@ def test_no_import_cycle_among_package_modules() -> None:
 def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_functions_are_short_and_the_cli_entry_point_is_thin() -> None:
+    long = [
+        f"{p.relative_to(SRC)}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for p in _sources()
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.end_lineno - n.lineno + 1 > 100
+    ]
+    assert long == []
+    assert len((SRC / "cli" / "main.py").read_text().splitlines()) < 400

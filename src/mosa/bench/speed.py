@@ -626,8 +626,38 @@ def run_speed_bench(
         rng=rng,
     )
     flops = _flop_section(base, rows, method["bottleneck"], batch, dev, amp, preset, step_flops)
+    run = {
+        "preset": "quick" if quick else ("cuda" if dev.type == "cuda" else "cpu"),
+        "model": _model_info(base, name, overrides),
+        "method": method,
+        "batch_size": batch,
+        "input_shape": [batch, chans, h, w],
+        "dtype": f"autocast({str(amp).replace('torch.', '')})" if amp else "float32",
+        "steps": rounds,
+        "warmup_steps": preset.warmup,
+        "infer_steps": preset.infer_steps,
+        **_method_text(seed, preset.warmup),
+    }
+    result = _result(dev, run, rows, times, flops, projection)
+    result["elapsed_s"] = time.perf_counter() - t_start
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return result
+
+
+def _result(
+    dev: torch.device,
+    run: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    times: dict[str, list[float]],
+    flops: dict[str, Any] | None,
+    projection: dict[str, Any],
+) -> dict[str, Any]:
+    """The benchmark's JSON document: environment, run settings, rows and every ratio."""
     ratios = _ratios(rows)
-    result: dict[str, Any] = {
+    return {
         "schema": "mosa.bench.speed/1",
         "device": dev.type,
         "device_name": _device_name(dev),
@@ -636,17 +666,8 @@ def run_speed_bench(
         "mosa": mosa.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
-        "preset": "quick" if quick else ("cuda" if dev.type == "cuda" else "cpu"),
-        "model": _model_info(base, name, overrides),
-        "method": method,
-        "batch_size": batch,
-        "input_shape": [batch, chans, h, w],
-        "dtype": f"autocast({str(amp).replace('torch.', '')})" if amp else "float32",
+        **run,
         "optimizer": f"AdamW(lr={LR}, weight_decay={WEIGHT_DECAY})",
-        "steps": rounds,
-        "warmup_steps": preset.warmup,
-        "infer_steps": preset.infer_steps,
-        **_method_text(seed, preset.warmup),
         "memory_method": MEMORY_METHOD_CUDA if dev.type == "cuda" else MEMORY_METHOD_CPU,
         "rows": list(rows.values()),
         "ratios": ratios,
@@ -661,12 +682,6 @@ def run_speed_bench(
         "split_projection": projection,
         "notes": _notes(dev),
     }
-    result["elapsed_s"] = time.perf_counter() - t_start
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
-    return result
 
 
 def _method_text(seed: int, warmup: int) -> dict[str, str]:
