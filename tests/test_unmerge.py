@@ -81,3 +81,23 @@ def test_unmerge_of_an_unmerged_model_changes_nothing() -> None:
     assert mosa.unmerge(model) is model
     after = _state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", ["mosa", "mosa_lora"])
+def test_unmerge_follows_dtype_and_mode_changes_made_while_merged(name: str) -> None:
+    model = _model(name)
+    train_steps(model, 2)
+    mosa.merge(model.eval())
+    model.double().train()
+    mosa.unmerge(model)
+    x = colour_data()[0].double()
+    assert model(x).dtype == torch.float64  # every restored layer is float64 now
+    split = next(mosa.model.mosa_modules(model))
+    assert split.training and split.weight.dtype == torch.float64
+
+
+def test_eject_forgets_what_unmerge_would_restore() -> None:
+    model = _model("lora")
+    mosa.merge(model)
+    mosa.model.eject(model)
+    assert not any("mosa_folded_lora" in m.__dict__ for m in model.modules())

@@ -191,6 +191,7 @@ def eject(model: nn.Module, requires_grad: dict[str, bool] | None = None) -> nn.
         for n, p in model.named_parameters():
             if n in requires_grad:
                 p.requires_grad_(requires_grad[n])
+    forget_unmerge(model)
     for attr in ("mosa_config", "mosa_merged", "mosa_folded"):
         if attr in model.__dict__:
             del model.__dict__[attr]
@@ -257,8 +258,9 @@ def unmerge(model: nn.Module) -> nn.Module:
     """Undo :func:`merge` on a model merged in this process, in place, and return it: split
     projections come back with their experts, routing state and partitions, folded LoRA
     weights are restored exactly and their branches re-attached, so training goes on exactly
-    as if the model had never been merged. A model loaded from a merged checkpoint cannot be
-    unmerged (its experts are gone): ``ValueError``."""
+    as if the model had never been merged. Until then a merged model keeps its experts and a
+    copy of every LoRA-updated weight (:func:`forget_unmerge` frees them). A model loaded from
+    a merged checkpoint cannot be unmerged (its experts are gone): ``ValueError``."""
     cfg = config_of(model)
     if not getattr(model, "mosa_merged", False):
         return model
@@ -276,11 +278,15 @@ def unmerge(model: nn.Module) -> nn.Module:
             "this model was not merged in this process (e.g. loaded from a merged checkpoint): "
             "its experts or LoRA branches are gone, so it cannot be unmerged"
         )
+    # the kept modules missed every .to() / .train() since the merge: follow the layers now
     for parent, name, split in splits:
-        setattr(parent, name, split)
+        like = getattr(parent, name).weight
+        setattr(parent, name, split.to(device=like.device, dtype=like.dtype))
+        split.train(parent.training)
     for layer in folded.values():
         lora = layer.__dict__.pop(_FOLDED_LORA)
         lora.unmerge(layer)
+        lora.to(device=layer.weight.device, dtype=layer.weight.dtype).train(layer.training)
         layer.add_module(PREFIX + "lora", lora)
         _attach_hook(lora, layer, lora.hook)
     model.mosa_merged = False
@@ -316,10 +322,17 @@ def draw_routes(model: nn.Module, batch_size: int) -> None:
     ``batch_size`` images (inside :func:`routing_groups`: the stacked batch). Forwards draw
     for themselves when nobody did; drawing ahead, outside ``torch.compile``'s region, keeps the
     seeded generators out of the graph (no graph break) with the same picks."""
-    for m in mosa_modules(model):
-        if m.training:
-            m.batch_hint = batch_size
-            m.draw_routes(batch_size)
+    layers = [m for m in mosa_modules(model) if m.training]
+    for m in layers:
+        m.batch_hint = batch_size
+    picks = [m.draw_picks(batch_size) for m in layers]
+    devices = {m.owner.device for m in layers}
+    if len(devices) == 1 and (device := devices.pop()).type != "cpu":
+        # one host-to-device copy per step, not one per layer
+        flat = torch.cat(picks).pin_memory().to(device, non_blocking=True)
+        picks = list(flat.split([p.numel() for p in picks]))
+    for m, p in zip(layers, picks, strict=True):
+        m.routes = p.to(m.owner.device)
 
 
 def forward_twice(

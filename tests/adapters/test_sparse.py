@@ -288,3 +288,36 @@ def test_groups_need_a_divisible_leading_dimension() -> None:
         m(torch.randn(3, 12))
     m.eval()  # eval never routes, so groups do not matter there
     assert m(torch.randn(3, 12)).shape == (3, 10)
+
+
+def _split(routing: str) -> MoSALinear:
+    return MoSALinear(
+        6, 4, num_experts=4, routing=routing, init="kaiming",
+        generator=torch.Generator().manual_seed(0), route_seed=11,
+    ).train()  # fmt: skip
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["in_forward", "drawn_ahead"])
+@pytest.mark.parametrize("routing", ["batch", "sample"])
+def test_picks_are_the_seeded_stream_in_call_order(routing: str, ahead: bool) -> None:
+    # pins the stream: batch routing draws randint(N, (1,)) per forward, sample routing
+    # randint(N, (B,)), from the layer's own generator seeded with route_seed
+    lin, x = _split(routing), torch.randn(5, 3, 6)
+    replay = torch.Generator().manual_seed(11)
+    for _ in range(4):
+        if ahead:
+            lin.draw_routes(5)
+        lin(x)
+        want = torch.randint(4, (1 if routing == "batch" else 5,), generator=replay)
+        got = torch.as_tensor(lin.last_expert).flatten()
+        assert torch.equal(got, want)
+
+
+def test_routes_drawn_ahead_are_dropped_by_eval_and_checked_against_the_batch() -> None:
+    lin = _split("sample")
+    lin.draw_routes(5)
+    lin.eval().train()  # the training forward they were drawn for never ran
+    assert lin.routes is None
+    lin.draw_routes(5)
+    with pytest.raises(ValueError, match="drawn for 5 images, but this forward has 3"):
+        lin(torch.randn(3, 2, 6))

@@ -370,5 +370,6 @@ def test_compile_adds_rows_ratios_and_flop_fractions(
     for n, p in per.items():
         expected = p["train_flops_per_step"] / rows[n]["train_step_s"] / rate
         assert p["fraction_of_ideal"] == pytest.approx(expected), n
-    assert per["lora_compiled"]["train_flops_per_step"] == per["lora"]["train_flops_per_step"]
+    assert per["lora"]["flops_from"] == "torch FlopCounterMode"
+    assert per["adapter_compiled"]["flops_from"] == "analytic"
     assert per["lora"]["train_flops_per_step"] > per["linear"]["train_flops_per_step"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,20 @@ def test_engine_compile_stops_on_divergence(tmp_path: Path) -> None:
     cfg = _compiled(make_config(tmp_path / "run", lr=1e30, warmup_epochs=0))
     with pytest.raises(TrainingDivergedError):
         train(cfg, model=tiny_model(), datasets=toy_datasets(), progress=False)
+
+
+def test_eager_checkpoints_resume_compiled_including_ones_written_before_compile_existed(
+    tmp_path: Path,
+) -> None:
+    cfg = make_config(tmp_path / "run")
+    with pytest.raises(_Crash):
+        train(cfg, model=tiny_model(), datasets=toy_datasets(), progress=False, on_epoch_end=_crash)
+    state = tmp_path / "run" / "last" / "state.json"
+    doc = json.loads(state.read_text())
+    for key in ("compile", "compile_backend"):  # as written before these keys existed
+        del doc["config"][key]
+    state.write_text(json.dumps(doc))
+    resumed = train(
+        _compiled(cfg), model=tiny_model(), datasets=toy_datasets(), resume=True, progress=False
+    )
+    assert resumed["resumed_from_epoch"] == 2

@@ -185,11 +185,10 @@ class MoSALinear(nn.Module):
     def _draw(self, n: int) -> torch.Tensor:
         return torch.randint(self.num_experts, (n,), generator=self._route_gen)
 
-    def draw_routes(self, images: int) -> torch.Tensor:
-        """Draw the picks of the next training forward over ``images`` images, in the order
-        the forward itself would draw them (``routing="batch"``: one per routing group;
-        ``"sample"``: one per image), and keep them for that forward. Call it outside a
-        compiled region: the forward then runs without a graph break."""
+    def draw_picks(self, images: int) -> torch.Tensor:
+        """Draw (on the CPU) the picks of the next training forward over ``images`` images,
+        in the order the forward itself would draw them (``routing="batch"``: one per routing
+        group; ``"sample"``: one per image), and record them for the optimizer."""
         g = self.groups
         if self.routing == "sample" and images % g:
             raise ValueError(f"routing groups={g} need a batch divisible by {g}, got {images}")
@@ -197,8 +196,21 @@ class MoSALinear(nn.Module):
         picks = torch.cat([self._draw(n) for _ in range(g)])
         self.last_expert = int(picks) if self.routing == "batch" and g == 1 else picks
         self.drawn.update(picks.tolist())
+        return picks
+
+    def draw_routes(self, images: int) -> torch.Tensor:
+        """:meth:`draw_picks`, kept (on this module's device) for the next training forward.
+        Call it outside a compiled region: the forward then runs without a graph break.
+        Sample routing drawn ahead needs a forward whose rows are the ``images`` images (or
+        their windows, Swin): other row counts raise."""
+        picks = self.draw_picks(images)
         self.routes = picks.to(self.owner.device)
         return picks
+
+    def train(self, mode: bool = True) -> MoSALinear:
+        if not mode:
+            self.routes = None  # picks drawn for a training forward that never ran
+        return super().train(mode)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,6 +227,8 @@ class MoSALinear(nn.Module):
             self.draw_routes(1 if batch_routed else self._images(x.shape[0]))
         picks, self.routes = self.routes, None
         if batch_routed and g == 1:
+            if x.dim() < 2 and picks.shape[0] != 1:
+                raise ValueError("sample routing drawn ahead needs inputs with a batch dimension")
             k = picks[:1]  # a 1-element tensor: indexing with it stays in the graph
             weight = self.expert_weight(k)
             bias = None if self.bias is None else self.expert_bias_of(k)
@@ -223,10 +237,10 @@ class MoSALinear(nn.Module):
             w = self._expert_stack(picks)  # (g, out, in)
             flat = x.reshape(g, -1, x.shape[-1])
         else:
-            if x.shape[0] % picks.shape[0]:
+            if picks.shape[0] != self._images(x.shape[0]):
                 raise ValueError(
-                    f"routes were drawn for {picks.shape[0]} images, but the input has "
-                    f"{x.shape[0]} rows: call draw_routes with this forward's batch size"
+                    f"routes were drawn for {picks.shape[0]} images, but this forward has "
+                    f"{self._images(x.shape[0])}: call draw_routes with its batch size"
                 )
             # timm's window partition keeps windows of one image contiguous (batch-major)
             picks = picks.repeat_interleave(x.shape[0] // picks.shape[0])

@@ -100,7 +100,11 @@ DatasetsArg = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 # config fields a resumed run may change. out and checkpoint_every never affect the numbers;
 # another device or worker count is allowed (a job moved to another machine) but can change
 # float rounding or the augmentation random streams, so the result may not be bit-identical.
-RESUMABLE_CHANGES = ("out", "checkpoint_every", "device", "num_workers")
+# compile (and its backend) only changes how the same forward runs: float rounding at most;
+# checkpoints written before these keys existed resume as eager runs.
+RESUMABLE_CHANGES = (
+    "out", "checkpoint_every", "device", "num_workers", "compile", "compile_backend",
+)  # fmt: skip
 
 CONFIG_JSON = "config.json"
 METRICS_JSONL = "metrics.jsonl"
@@ -187,6 +191,14 @@ def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list
         for k in keys
         if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
     ]
+
+
+def _allow_graphs_per_task(tasks: int) -> None:
+    """A multi-task forward gets one compiled graph per task (the task name is a constant of
+    the graph); dynamo's default limit of 8 per function would send the rest to eager."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 2 * tasks))
 
 
 def _routing_checksum(model: nn.Module) -> int:
@@ -387,6 +399,7 @@ class _Run:
             # the training forward only: eval, merging and checkpoints use the bare model
             target = TaskModel(model) if self.multitask and self.ddp is model else self.ddp
             self.ddp = torch.compile(target, backend=cfg.compile_backend)
+            _allow_graphs_per_task(len(self.tasks))
 
     def _restore(self, checkpoint: Path | None, doc: dict[str, Any] | None) -> TrainState:
         state = TrainState(epoch=0, global_step=0, history=[], elapsed_s=0.0)
