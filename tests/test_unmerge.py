@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
 import mosa
-from conftest import build_model, colour_data, train_steps
 from mosa import MethodConfig
 
 METHODS = {
@@ -18,8 +20,9 @@ METHODS = {
 }
 
 
-def _model(name: str) -> torch.nn.Module:
-    return mosa.inject(build_model("vit"), METHODS[name])
+@pytest.fixture
+def model_of(make_model: Callable[..., torch.nn.Module]) -> Callable[[str], torch.nn.Module]:
+    return lambda name: mosa.inject(make_model("vit"), METHODS[name])
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -27,14 +30,16 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_merge_then_unmerge_trains_on_exactly_as_before(name: str) -> None:
-    straight, detour = _model(name), _model(name)
-    first = train_steps(straight, 3) + train_steps(straight, 3)
-    losses = train_steps(detour, 3)
+def test_merge_then_unmerge_trains_on_exactly_as_before(
+    name: str, model_of: Any, train: Any, toy_data: Any
+) -> None:
+    straight, detour = model_of(name), model_of(name)
+    first = train(straight, 3) + train(straight, 3)
+    losses = train(detour, 3)
     mosa.merge(detour)
-    merged_logits = detour.eval()(colour_data()[0])
+    merged_logits = detour.eval()(toy_data[0])
     mosa.unmerge(detour)
-    losses += train_steps(detour, 3)
+    losses += train(detour, 3)
     assert losses == first
     a, b = _state(straight), _state(detour)
     assert a.keys() == b.keys()
@@ -48,9 +53,9 @@ def test_merge_then_unmerge_trains_on_exactly_as_before(name: str) -> None:
     assert torch.isfinite(merged_logits).all()
 
 
-def test_merge_refuses_nan_and_leaves_the_model_unchanged() -> None:
-    model = _model("mosa_lora")
-    train_steps(model, 2)
+def test_merge_refuses_nan_and_leaves_the_model_unchanged(model_of: Any, train: Any) -> None:
+    model = model_of("mosa_lora")
+    train(model, 2)
     before = _state(model)
     lora = next(m for m in model.modules() if type(m).__name__ == "LoRA")
     with torch.no_grad():
@@ -65,18 +70,20 @@ def test_merge_refuses_nan_and_leaves_the_model_unchanged() -> None:
         torch.testing.assert_close(after[k], poisoned[k], rtol=0, atol=0, equal_nan=True, msg=k)
 
 
-def test_a_model_loaded_merged_cannot_be_unmerged(tmp_path) -> None:
-    model = _model("mosa")
-    train_steps(model, 2)
+def test_a_model_loaded_merged_cannot_be_unmerged(
+    tmp_path: Any, model_of: Any, train: Any, make_model: Any
+) -> None:
+    model = model_of("mosa")
+    train(model, 2)
     mosa.merge(model)
     mosa.save_adapter(model, tmp_path / "merged")
-    loaded = mosa.load_adapter(build_model("vit"), tmp_path / "merged")
+    loaded = mosa.load_adapter(make_model("vit"), tmp_path / "merged")
     with pytest.raises(ValueError, match="cannot be unmerged"):
         mosa.unmerge(loaded)
 
 
-def test_unmerge_of_an_unmerged_model_changes_nothing() -> None:
-    model = _model("mosa")
+def test_unmerge_of_an_unmerged_model_changes_nothing(model_of: Any) -> None:
+    model = model_of("mosa")
     before = _state(model)
     assert mosa.unmerge(model) is model
     after = _state(model)
@@ -84,20 +91,22 @@ def test_unmerge_of_an_unmerged_model_changes_nothing() -> None:
 
 
 @pytest.mark.parametrize("name", ["mosa", "mosa_lora"])
-def test_unmerge_follows_dtype_and_mode_changes_made_while_merged(name: str) -> None:
-    model = _model(name)
-    train_steps(model, 2)
+def test_unmerge_follows_dtype_and_mode_changes_made_while_merged(
+    name: str, model_of: Any, train: Any, toy_data: Any
+) -> None:
+    model = model_of(name)
+    train(model, 2)
     mosa.merge(model.eval())
     model.double().train()
     mosa.unmerge(model)
-    x = colour_data()[0].double()
+    x = toy_data[0].double()
     assert model(x).dtype == torch.float64  # every restored layer is float64 now
     split = next(mosa.model.mosa_modules(model))
     assert split.training and split.weight.dtype == torch.float64
 
 
-def test_eject_forgets_what_unmerge_would_restore() -> None:
-    model = _model("lora")
+def test_eject_forgets_what_unmerge_would_restore(model_of: Any) -> None:
+    model = model_of("lora")
     mosa.merge(model)
     mosa.model.eject(model)
     assert not any("mosa_folded_lora" in m.__dict__ for m in model.modules())
