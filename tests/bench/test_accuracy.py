@@ -129,3 +129,23 @@ def test_every_method_has_a_grid_in_both_modes():
     for grid in (accuracy.LR_GRID, accuracy.QUICK_LR_GRID):
         assert set(grid) == set(accuracy.METHODS)
     assert set(accuracy.QUICK_METHODS) <= set(accuracy.QUICK_LR_GRID)
+
+
+def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, monkeypatch):
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(accuracy, "run_one", _fake_run_one(calls))
+    protocol = _protocol(tmp_path / "data", ("t1",), ("adapter", "mosa"))
+    seen: list[tuple[int, list[dict[str, Any]]]] = []
+
+    def on_selection(records: list[dict[str, Any]]) -> None:
+        seen.append((len(calls), records))
+
+    accuracy.run_protocol(
+        protocol, tmp_path / "out", jobs=1, log=lambda s: None, on_selection=on_selection
+    )
+    ((calls_then, first),) = seen
+    assert calls_then == 1 * 2 * 3  # only the selection runs had trained
+    assert [(r["method"], r["seed"], r["lr"]) for r in first] == [
+        ("adapter", 0, max(GRID["adapter"])),
+        ("mosa", 0, max(GRID["mosa"])),
+    ]

@@ -239,8 +239,11 @@ def run_protocol(
     jobs: int = 2,
     threads: int = 1,
     log: Callable[[str], None] = log_line,
+    on_selection: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the selection phase and the seed phase; return one record per task x method x seed."""
+    """Run the selection phase and the seed phase; return one record per task x method x seed.
+    ``on_selection`` gets the first seed's records (at the chosen lrs) before the seed phase,
+    so a long run can write its partial table."""
     out = Path(out)
     runs_root = out / "runs"
     atomic_write_json(out / "protocol.json", _protocol_dict(protocol))
@@ -268,6 +271,9 @@ def run_protocol(
         best_val = done[best.run_dir].get("val_acc") if best else None
         if best is None or (val is not None and (best_val is None or val > best_val)):
             chosen[key] = r  # strict '>' keeps the smaller lr on ties (grids are ascending)
+    if on_selection is not None:
+        first = [_record(r, done[r.run_dir], grids[(r.task, r.method)]) for r in chosen.values()]
+        on_selection(sorted(first, key=lambda x: (x["task"], METHODS.index(x["method"]))))
     # phase 2: the chosen lr with the other seeds
     seed_runs: list[SweepRun] = []
     for (task, method), r in chosen.items():
@@ -608,8 +614,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8) // max(args.threads, 1))
     start = time.perf_counter()
-    records = run_protocol(protocol, out, jobs=jobs, threads=args.threads)
-    written = write_results(records, _protocol_dict(protocol), out, _task_groups(data_root, tasks))
+    groups = _task_groups(data_root, tasks)
+
+    def partial(records: list[dict[str, Any]]) -> None:
+        if len(protocol.seeds) > 1:  # the table so far: first seed only, seed phase to come
+            write_results(records, _protocol_dict(protocol), out, groups)
+            log_line(f"wrote the first seed's table to {out / 'results.md'}; seeds next")
+
+    records = run_protocol(protocol, out, jobs=jobs, threads=args.threads, on_selection=partial)
+    written = write_results(records, _protocol_dict(protocol), out, groups)
     print(written["markdown"].read_text())
     print(
         f"wrote {written['json']}, {written['markdown']}, {written['plot']} ({time.perf_counter() - start:.0f}s)"
