@@ -149,3 +149,20 @@ def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, mo
         ("adapter", 0, max(GRID["adapter"])),
         ("mosa", 0, max(GRID["mosa"])),
     ]
+
+
+def test_a_first_seed_table_shows_no_spread_and_says_it_is_partial(tmp_path, monkeypatch):
+    monkeypatch.setattr(accuracy, "run_one", _fake_run_one([]))
+    protocol = _protocol(tmp_path / "data", ("t1",), ("adapter",))
+    tables: list[str] = []
+
+    def on_selection(records: list[dict[str, Any]]) -> None:
+        table = accuracy.summarise(records, {})
+        tables.append(accuracy.render_markdown(table, accuracy._protocol_dict(protocol)))
+
+    accuracy.run_protocol(
+        protocol, tmp_path / "out", jobs=1, log=lambda s: None, on_selection=on_selection
+    )
+    (md,) = tables
+    assert "1 seed(s) (so far: the protocol runs 3 seeds)" in md
+    assert "±" not in md.split("\n\n")[1]  # the results table itself

@@ -371,6 +371,8 @@ def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
                 "—"
                 if not c or c["test_mean"] is None
                 else f"{c['test_mean']:.1f} ± {c['test_std']:.1f}"
+                if c["n"] > 1
+                else f"{c['test_mean']:.1f}"  # one seed: no spread to show
             )
         lines.append(f"| {task} | {t['group'] or ''} | " + " | ".join(cells) + " |")
     means = table["means"]
@@ -423,9 +425,16 @@ def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
             )
             + " |"
         )
-    n_seeds = len(protocol["seeds"])
+    counts = {c["n"] for t in table["tasks"].values() for c in t["methods"].values()}
+    n_seeds = max(counts, default=0)
+    spread = "mean ± sample std over" if n_seeds > 1 else "one run each,"
+    partial = (
+        f" (so far: the protocol runs {len(protocol['seeds'])} seeds)"
+        if n_seeds < len(protocol["seeds"])
+        else ""
+    )
     head = (
-        f"Test top-1 (%) of the final model, mean ± sample std over {n_seeds} seed(s); "
+        f"Test top-1 (%) of the final model, {spread} {n_seeds} seed(s){partial}; "
         f"{protocol['epochs']} epochs on train800, learning rate chosen on val200, "
         f"adapter bottleneck = LoRA rank = {protocol['bottleneck_and_rank']}, backbone "
         f"`{protocol['backbone']}`."
