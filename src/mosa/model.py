@@ -243,14 +243,11 @@ def forget_unmerge(model: nn.Module) -> None:
 def _check_finite_merge(model: nn.Module) -> None:
     """Refuse to merge NaN or inf before the first layer changes (a merge is all or nothing)."""
     for name, m in model.named_modules():
-        if isinstance(m, LoRA):
-            weights = [b.delta_weight() for b in m.branches.values()]
-        elif isinstance(m, MoSALinear):
-            weights = [m.merged_weight(), m.merged_bias()]
-        else:
-            continue
-        if not all(torch.isfinite(w).all() for w in weights if w is not None):
-            raise ValueError(f"{name} holds NaN or inf: refusing to merge (the model is unchanged)")
+        if isinstance(m, LoRA | MoSALinear):
+            try:
+                m.check_mergeable()
+            except ValueError as e:
+                raise ValueError(f"{name}: {e} (the model is unchanged)") from None
 
 
 @torch.no_grad()

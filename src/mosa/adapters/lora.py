@@ -158,12 +158,17 @@ class LoRA(nn.Module):
             base.weight[s] += delta.to(base.weight.dtype)
 
     @torch.no_grad()
+    def check_mergeable(self) -> None:
+        """``ValueError`` when a branch's dense update holds NaN or inf."""
+        for name, branch in self.branches.items():
+            if not torch.isfinite(branch.delta_weight()).all():
+                raise ValueError(f"LoRA branch {name!r} holds NaN or inf: refusing to merge")
+
+    @torch.no_grad()
     def merge(self, base: nn.Linear) -> None:
         """Fold into ``base`` (refusing a non-finite update) and keep ``base``'s weight as it
         was, so :meth:`unmerge` restores it bit for bit (subtracting again would round)."""
-        for name in self.slices:
-            if not torch.isfinite(self.branches[name].delta_weight()).all():
-                raise ValueError(f"LoRA branch {name!r} holds NaN or inf: refusing to merge")
+        self.check_mergeable()
         self.__dict__["base_weight"] = base.weight.detach().clone()
         self.fold_into(base)
 

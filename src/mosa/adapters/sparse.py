@@ -135,14 +135,17 @@ class MoSALinear(nn.Module):
             return self.bias
         return self.bias.mean(0) if self.merge_rule == "mean" else self.bias.sum(0)
 
+    def check_mergeable(self) -> None:
+        """``ValueError`` when the merged weight or bias holds NaN or inf."""
+        for t in (self.merged_weight(), self.merged_bias()):
+            if t is not None and not torch.isfinite(t).all():
+                raise ValueError("the merged MoSA projection holds NaN or inf: refusing to merge")
+
     def merge(self) -> nn.Linear:
         """The deployable form: :meth:`to_linear`, refusing non-finite merged values. The
         Linear remembers this module, so :meth:`unmerge_from` can put it back unchanged."""
+        self.check_mergeable()
         lin = self.to_linear()
-        if not torch.isfinite(lin.weight).all() or (
-            lin.bias is not None and not torch.isfinite(lin.bias).all()
-        ):
-            raise ValueError("the merged MoSA projection holds NaN or inf: refusing to merge")
         lin.__dict__[_UNMERGED] = self  # not a submodule: stays out of state_dict()
         return lin
 
