@@ -164,7 +164,7 @@ def adapter_tasks(path: str | os.PathLike[str]) -> list[str] | None:
 
 
 def load_for_eval(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Checkpoint,
     task: str | None = None,
     *,
     config: Any = None,
@@ -174,70 +174,107 @@ def load_for_eval(
 ) -> TaskView:
     """Rebuild a trained model from an adapter folder (or a run folder) for evaluation.
 
-    Multi-task adapters are evaluated through one task's head: ``task`` names it (it may be
-    omitted when the adapter has a single head). For a single-task adapter ``task`` may be
-    None or the run's task name. The backbone comes from the adapter's backbone name with the
-    run config's ``weights`` / ``pretrained`` / ``backbone_kwargs`` (``config`` replaces the
-    run config found next to the adapter; ``weights`` replaces its weights file). With
-    ``merge`` (default) MoSA experts are merged and LoRA folded, as deployed. ``model``: a
-    fresh (un-injected) backbone to load into instead of building one. Returns a
-    :class:`TaskView` in eval mode whose ``forward(x)`` gives the task's logits over its own
-    classes; ``.model`` is the underlying timm model.
+    ``path`` may also be a :class:`Checkpoint` from :func:`find_checkpoint` (its configs are
+    then not read again). Multi-task adapters are evaluated through one task's head: ``task``
+    names it (it may be omitted when the adapter has a single head). For a single-task
+    adapter ``task`` may be None or the run's task name. The backbone comes from the
+    adapter's backbone name with the run config's ``weights`` / ``pretrained`` /
+    ``backbone_kwargs`` (``config`` replaces the run config found next to the adapter;
+    ``weights`` replaces its weights file). With ``merge`` (default) MoSA experts are merged
+    and LoRA folded, as deployed. ``model``: a fresh (un-injected) backbone to load into
+    instead of building one. Returns a :class:`TaskView` in eval mode whose ``forward(x)``
+    gives the task's logits over its own classes; ``.model`` is the underlying timm model.
+    Raises :class:`~mosa.checkpoint.CheckpointError` when the backbone cannot be built (no
+    network, weights that do not fit).
     """
-    adapter, run_dir = _adapter_paths(path)
-    meta = read_adapter_config(adapter)
-    if config is None and run_dir is not None:
-        config = read_run_config(run_dir)
-    run = config
-    layout = read_head_layout(adapter)
-    backbone = meta.get("backbone") or (run.backbone if run is not None else None)
-    if not backbone:
-        raise CheckpointError(f"{adapter}: adapter_config.json names no backbone")
-    base = run if run is not None else TrainConfig(backbone=backbone)
-    bcfg = dataclasses.replace(base, backbone=backbone)
-    if weights is not None:
-        bcfg = dataclasses.replace(bcfg, weights=weights, pretrained=True)
+    ckpt = path if isinstance(path, Checkpoint) else _read_checkpoint(path)
+    run = config if config is not None else ckpt.run_config
+    layout = read_head_layout(ckpt.adapter_dir)
     if layout is None:
-        labels = [d.label for d in run.data] if run is not None else []
-        if task is not None and labels and task not in labels:
-            raise CheckpointError(
-                f"{adapter} is a single-task adapter trained on {labels[0]!r}, not {task!r}"
-            )
-        classes = meta.get("num_classes")
-        if not isinstance(classes, int) or classes < 1:
-            raise CheckpointError(f"{adapter}: num_classes={classes!r} in adapter_config.json")
-        if model is None:
-            model = load_backbone(num_classes=classes, **bcfg.backbone_args())
-        load_adapter(model, adapter)
-        view = TaskView(model, None)
+        view = _single_task_view(ckpt, run, task, weights, model)
     else:
-        if task is None:
-            if len(layout.tasks) != 1:
-                raise CheckpointError(
-                    f"{adapter} holds heads for {len(layout.tasks)} tasks "
-                    f"({', '.join(layout.tasks)}): choose one with task=..."
-                )
-            task = layout.tasks[0]
-        if task not in layout.classes:
-            hint = difflib.get_close_matches(task, layout.tasks, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise CheckpointError(
-                f"{adapter} has no head for task {task!r}{extra}; tasks: {', '.join(layout.tasks)}"
-            )
-        # build with a real class count (a local weights file's head is then dropped as in
-        # single-task runs), then replace the classifier by the task heads
-        if model is None:
-            first = next(iter(layout.classes.values()))
-            model = load_backbone(num_classes=first, **bcfg.backbone_args())
-        elif has_task_heads(model) or getattr(model, "mosa_config", None) is not None:
-            raise ValueError("load_for_eval needs a fresh backbone (no mosa method, no heads)")
-        inject(model, MethodConfig.from_dict(meta["method"]))
-        attach_task_heads(model, layout.classes, layout.joint)
-        load_adapter(model, adapter)
-        view = TaskView(model, task)
+        view = _task_head_view(ckpt, run, layout, task, weights, model)
     if merge and not getattr(view.model, "mosa_merged", False):
         merge_model(view.model)
     return view.eval()
+
+
+def _read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Like :func:`find_checkpoint`, but a run config that cannot be read is an error."""
+    adapter, run_dir = _adapter_paths(path)
+    run = read_run_config(run_dir) if run_dir is not None else None
+    return Checkpoint(adapter, read_adapter_config(adapter), run, run_dir)
+
+
+def _build_backbone(
+    ckpt: Checkpoint, run: TrainConfig | None, classes: int, weights: str | None
+) -> nn.Module:
+    """The backbone named by the adapter, with the run's (or ``weights``') backbone weights."""
+    name = ckpt.meta.get("backbone") or (run.backbone if run is not None else None)
+    if not name:
+        raise CheckpointError(f"{ckpt.adapter_dir}: adapter_config.json names no backbone")
+    bcfg = dataclasses.replace(run if run is not None else TrainConfig(), backbone=name)
+    if weights is not None:
+        bcfg = dataclasses.replace(bcfg, weights=weights, pretrained=True)
+    try:
+        return load_backbone(num_classes=classes, **bcfg.backbone_args())
+    except RuntimeError as e:  # no network, weights that do not fit: say so in one line
+        raise CheckpointError(f"cannot build backbone {name!r}: {e}") from e
+
+
+def _single_task_view(
+    ckpt: Checkpoint,
+    run: TrainConfig | None,
+    task: str | None,
+    weights: str | None,
+    model: nn.Module | None,
+) -> TaskView:
+    labels = [d.label for d in run.data] if run is not None else []
+    if task is not None and labels and task not in labels:
+        raise CheckpointError(
+            f"{ckpt.adapter_dir} is a single-task adapter trained on {labels[0]!r}, not {task!r}"
+        )
+    classes = ckpt.meta.get("num_classes")
+    if not isinstance(classes, int) or classes < 1:
+        raise CheckpointError(f"{ckpt.adapter_dir}: num_classes={classes!r} in adapter_config.json")
+    if model is None:
+        model = _build_backbone(ckpt, run, classes, weights)
+    load_adapter(model, ckpt.adapter_dir)
+    return TaskView(model, None)
+
+
+def _task_head_view(
+    ckpt: Checkpoint,
+    run: TrainConfig | None,
+    layout: HeadLayout,
+    task: str | None,
+    weights: str | None,
+    model: nn.Module | None,
+) -> TaskView:
+    adapter = ckpt.adapter_dir
+    if task is None:
+        if len(layout.tasks) != 1:
+            raise CheckpointError(
+                f"{adapter} holds heads for {len(layout.tasks)} tasks "
+                f"({', '.join(layout.tasks)}): choose one with task=..."
+            )
+        task = layout.tasks[0]
+    if task not in layout.classes:
+        hint = difflib.get_close_matches(task, layout.tasks, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise CheckpointError(
+            f"{adapter} has no head for task {task!r}{extra}; tasks: {', '.join(layout.tasks)}"
+        )
+    # build with a real class count (a local weights file's head is then dropped as in
+    # single-task runs), then replace the classifier by the task heads
+    if model is None:
+        model = _build_backbone(ckpt, run, next(iter(layout.classes.values())), weights)
+    elif has_task_heads(model) or getattr(model, "mosa_config", None) is not None:
+        raise ValueError("load_for_eval needs a fresh backbone (no mosa method, no heads)")
+    inject(model, MethodConfig.from_dict(ckpt.meta["method"]))
+    attach_task_heads(model, layout.classes, layout.joint)
+    load_adapter(model, adapter)
+    return TaskView(model, task)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -381,17 +418,11 @@ def _rebuild(
 ) -> tuple[TaskView, TrainConfig]:
     """The merged model seen through ``head`` (None: a single-task adapter), and the config it
     was built from (the run's, or a stand-in naming the adapter's backbone)."""
-    name = ckpt.meta.get("backbone") or (run.backbone if run is not None else None)
-    if not name:
-        raise CheckpointError(f"{ckpt.adapter_dir}: adapter_config.json names no backbone")
+    view = load_for_eval(ckpt, head, config=run, weights=weights)
     # a run config that could not be read is no reason to refuse: the adapter alone says
-    # backbone and classes (and a stand-in keeps load_for_eval from reading it again)
-    config = run if run is not None else TrainConfig(backbone=name)
-    try:
-        view = load_for_eval(ckpt.adapter_dir, head, config=config, weights=weights)
-    except RuntimeError as e:  # no network, weights that do not fit: say so in one line
-        raise CheckpointError(f"cannot build backbone {name!r}: {e}") from e
-    return view, config
+    # backbone and classes
+    name = ckpt.meta.get("backbone") or (run.backbone if run is not None else "")
+    return view, run if run is not None else TrainConfig(backbone=name)
 
 
 def _eval_dataset(d: DataConfig, target: _EvalTarget, view: TaskView) -> Dataset:

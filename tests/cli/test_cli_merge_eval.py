@@ -118,3 +118,40 @@ def test_evaluate_checkpoint_returns_what_eval_writes(backbone_file, tmp_path, c
     with pytest.raises(UsageError) as exc:  # no run config next to the adapter, no data
         evaluate_checkpoint(adapter, weights=str(backbone_file))
     assert "data='KIND:ROOT:TASK[:SPLIT]'" in str(exc.value) and "--data" in exc.value.cli
+
+
+def test_merge_reads_the_run_config_once(backbone_file, tmp_path, monkeypatch, capsys):
+    """A corrupt config.json next to the adapter: the path form of load_for_eval refuses it,
+    while mosa merge (which reads the checkpoint once, tolerantly) merges from the adapter."""
+    from mosa.checkpoint import CheckpointError
+    from mosa.runs import find_checkpoint, load_for_eval
+
+    model, adapter = trained_adapter(backbone_file, tmp_path, "lora")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_for_eval(adapter, weights=str(backbone_file))
+    ckpt = find_checkpoint(adapter)
+    assert ckpt.run_dir == tmp_path and ckpt.run_config is None
+    reads = []
+    real = mosa.runs.read_adapter_config
+    monkeypatch.setattr(mosa.runs, "read_adapter_config", lambda d: reads.append(d) or real(d))
+    view = load_for_eval(ckpt, weights=str(backbone_file))
+    assert reads == []  # the Checkpoint's parsed configs are used, not read again
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), model(x), atol=1e-5, rtol=1e-4)
+    out = tmp_path / "merged"
+    assert main(["merge", str(adapter), "--out", str(out), "--weights", str(backbone_file)]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_a_backbone_that_cannot_be_built_is_a_checkpoint_error(backbone_file, tmp_path):
+    from mosa.checkpoint import CheckpointError
+    from mosa.runs import load_for_eval
+
+    _, adapter = trained_adapter(backbone_file, tmp_path, "adapter")
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(5, 5)}, str(wrong))
+    with pytest.raises(CheckpointError, match="cannot build backbone 'mosa_vit_fmnist'"):
+        load_for_eval(adapter, weights=str(wrong))
+    assert main(["merge", str(adapter), "--out", str(tmp_path / "m"), "--weights", str(wrong)]) == 2

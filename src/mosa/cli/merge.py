@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mosa
 from mosa.cli.common import Subparsers, add_subparser
-from mosa.cli.runs import CliError, build_model, build_task_view
+from mosa.cli.runs import CliError, build_task_view
 from mosa.engine.multitask import TaskView
 from mosa.export import WEIGHTS_FILE, ExportError, export_timm
 from mosa.runs import Checkpoint, adapter_tasks, check_task, find_checkpoint
@@ -54,11 +54,8 @@ def _merged(ckpt: Checkpoint, tasks: list[str] | None, args: argparse.Namespace)
     it) on a multi-task adapter, through its own head on a single-task one."""
     if args.task is not None:
         check_task(ckpt, args.task, tasks)
-    if tasks is not None:
-        return build_task_view(ckpt, args.task or tasks[0], weights=args.weights)
-    model = build_model(ckpt, weights=args.weights)
-    mosa.merge(model)
-    return TaskView(model, None)
+    head = (args.task or tasks[0]) if tasks is not None else None
+    return build_task_view(ckpt, head, weights=args.weights)
 
 
 def _not_exported(
