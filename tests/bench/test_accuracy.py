@@ -98,6 +98,32 @@ def test_summary_means_and_group_means():
     assert "57.5" in md
 
 
+def test_task_mean_seed_spread_and_gap_paired_by_seed():
+    # seed 0 is hard for every method, seed 1 easy: a paired gap sees through that
+    tests = {"adapter": ((0.5, 0.7), (0.6, 0.8)), "mosa": ((0.4, 0.7), (0.6, 0.7))}
+    recs = [
+        {"task": task, "method": m, "seed": seed, "lr": 1e-3, "test_acc": by_task[t][seed],
+         "val_acc": 0.5, "trainable_params": 10, "wall_s": 1.0}
+        for m, by_task in tests.items() for t, task in enumerate("ab") for seed in (0, 1)
+    ]  # fmt: skip
+    recs.append({**recs[-1], "task": "a", "method": "mosa", "seed": 2, "test_acc": 0.9})
+    table = accuracy.summarise(recs, {})
+    adapter, mosa = table["means"]["adapter"], table["means"]["mosa"]
+    assert adapter["task_mean_by_seed"] == {"0": pytest.approx(55.0), "1": pytest.approx(75.0)}
+    assert adapter["task_mean_std"] == pytest.approx(14.1421356, rel=1e-6)
+    # seed 2 ran one task of two: it has no task mean and pairs with nothing
+    assert mosa["task_mean_by_seed"] == {"0": pytest.approx(50.0), "1": pytest.approx(70.0)}
+    assert mosa["gap_vs_adapter"] == pytest.approx(-5.0)
+    assert mosa["gap_vs_adapter_std"] == pytest.approx(0.0, abs=1e-9)
+    assert "gap_vs_adapter" not in adapter and "gap_vs_lora" not in mosa
+    md = accuracy.render_markdown(
+        table, {"seeds": [0, 1], "epochs": 1, "bottleneck_and_rank": 4, "backbone": "x"}
+    )
+    assert "| **mean over tasks** | | **65.0 ± 14.1** |" in md
+    assert "| − adapter (paired by seed) | | — | -5.0 ± 0.0 |" in md
+    assert "| − lora" not in md
+
+
 @pytest.mark.slow
 def test_end_to_end_on_prepared_tasks(tmp_path, data_missing):
     try:

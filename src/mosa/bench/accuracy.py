@@ -74,6 +74,8 @@ TABLE_METHODS = (
     "linear", "adapter", "adapter_cons", "lora",
     "mosa_paper", "mosa_best", "mosa_lora_paper", "mosa_lora_best",
 )  # fmt: skip
+# the task-mean gap of every row to these dense baselines is reported paired by seed
+GAP_BASES = ("adapter", "lora")
 QUICK_METHODS = ("linear", "adapter", "adapter_cons", "mosa_paper", "mosa_best")
 TABLE_EPOCHS = 12
 # Learning-rate grids per method, searched on val with seed 0 (AdamW, warm-up + cosine): the
@@ -343,6 +345,7 @@ def summarise(
         ]
         if len(per_task) == len(table["tasks"]) and all(v is not None for v in per_task):
             entry: dict[str, Any] = {"task_mean": statistics.fmean(per_task)}
+            entry.update(_seed_spread(records, m, len(table["tasks"])))
             if groups:
                 by_group: dict[str, list[float]] = {}
                 for t in table["tasks"].values():
@@ -353,7 +356,55 @@ def summarise(
                 if len(gm) > 1:
                     entry["mean_of_group_means"] = statistics.fmean(gm.values())
             table["means"][m] = entry
+    for base in GAP_BASES:
+        _add_gaps(table["means"], base)
     return table
+
+
+def _seed_task_means(records: list[dict[str, Any]], method: str, n_tasks: int) -> dict[int, float]:
+    """seed -> the method's test top-1 (%) averaged over tasks, for seeds that ran every task."""
+    by_seed: dict[int, list[float]] = {}
+    for r in records:
+        if r["method"] == method and r["test_acc"] is not None:
+            by_seed.setdefault(int(r["seed"]), []).append(100 * r["test_acc"])
+    return {s: statistics.fmean(v) for s, v in sorted(by_seed.items()) if len(v) == n_tasks}
+
+
+def _seed_spread(records: list[dict[str, Any]], method: str, n_tasks: int) -> dict[str, Any]:
+    """The task mean of each seed and their sample std (the task mean's seed spread)."""
+    per_seed = _seed_task_means(records, method, n_tasks)
+    out: dict[str, Any] = {"task_mean_by_seed": {str(k): v for k, v in per_seed.items()}}
+    if len(per_seed) > 1:
+        out["task_mean_std"] = statistics.stdev(per_seed.values())
+    return out
+
+
+def _add_gaps(means: dict[str, Any], base: str) -> None:
+    """Each method's task-mean gap to ``base``, paired by seed: mean and sample std."""
+    if base not in means:
+        return
+    ref = means[base]["task_mean_by_seed"]
+    for name, entry in means.items():
+        if name == base:
+            continue
+        gaps = [v - ref[s] for s, v in entry["task_mean_by_seed"].items() if s in ref]
+        if len(gaps) > 1:
+            entry[f"gap_vs_{base}"], entry[f"gap_vs_{base}_std"] = _mean_std(gaps)
+
+
+def _task_mean_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "—"
+    if "task_mean_std" in entry:
+        return f"**{entry['task_mean']:.1f} ± {entry['task_mean_std']:.1f}**"
+    return f"**{entry['task_mean']:.1f}**"
+
+
+def _gap_cell(entry: dict[str, Any], base: str) -> str:
+    key = f"gap_vs_{base}"
+    if key not in entry:
+        return "—"
+    return f"{entry[key]:+.1f} ± {entry[key + '_std']:.1f}"
 
 
 def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
@@ -379,9 +430,13 @@ def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
     if means:
         lines.append(
             "| **mean over tasks** | | "
-            + " | ".join(f"**{means[m]['task_mean']:.1f}**" if m in means else "—" for m in methods)
+            + " | ".join(_task_mean_cell(means.get(m)) for m in methods)
             + " |"
         )
+        for base in GAP_BASES:
+            if any(f"gap_vs_{base}" in means.get(m, {}) for m in methods):
+                cells = " | ".join(_gap_cell(means.get(m, {}), base) for m in methods)
+                lines.append(f"| − {base} (paired by seed) | | {cells} |")
         if any("mean_of_group_means" in means.get(m, {}) for m in methods):
             lines.append(
                 "| mean of group means | | "
@@ -439,6 +494,13 @@ def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
         f"adapter bottleneck = LoRA rank = {protocol['bottleneck_and_rank']}, backbone "
         f"`{protocol['backbone']}`."
     )
+    if n_seeds > 1:
+        head += (
+            " The task mean's ± is the sample std over seeds of each seed's task mean; "
+            "'− adapter' ('− lora') is each seed's task mean minus the adapter's (LoRA's) at "
+            "the same seed (mean ± sample std): MoSA's dense counterpart is the adapter, "
+            "MoSA-LoRA's is LoRA."
+        )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
