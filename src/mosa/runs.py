@@ -187,7 +187,7 @@ def load_for_eval(
     Raises :class:`~mosa.checkpoint.CheckpointError` when the backbone cannot be built (no
     network, weights that do not fit).
     """
-    ckpt = path if isinstance(path, Checkpoint) else _read_checkpoint(path)
+    ckpt = path if isinstance(path, Checkpoint) else _read_checkpoint(path, config is None)
     run = config if config is not None else ckpt.run_config
     layout = read_head_layout(ckpt.adapter_dir)
     if layout is None:
@@ -199,10 +199,11 @@ def load_for_eval(
     return view.eval()
 
 
-def _read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Like :func:`find_checkpoint`, but a run config that cannot be read is an error."""
+def _read_checkpoint(path: str | os.PathLike[str], read_run: bool) -> Checkpoint:
+    """Like :func:`find_checkpoint`, but a run config that cannot be read is an error (and is
+    not read without ``read_run``: a config given by the caller replaces it)."""
     adapter, run_dir = _adapter_paths(path)
-    run = read_run_config(run_dir) if run_dir is not None else None
+    run = read_run_config(run_dir) if read_run and run_dir is not None else None
     return Checkpoint(adapter, read_adapter_config(adapter), run, run_dir)
 
 

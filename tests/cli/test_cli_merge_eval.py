@@ -130,6 +130,8 @@ def test_merge_reads_the_run_config_once(backbone_file, tmp_path, monkeypatch, c
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_for_eval(adapter, weights=str(backbone_file))
+    given = mosa.engine.config.TrainConfig(backbone="mosa_vit_fmnist")
+    load_for_eval(adapter, config=given, weights=str(backbone_file))  # replaces it: not read
     ckpt = find_checkpoint(adapter)
     assert ckpt.run_dir == tmp_path and ckpt.run_config is None
     reads = []
