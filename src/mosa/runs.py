@@ -174,8 +174,8 @@ def load_for_eval(
 ) -> TaskView:
     """Rebuild a trained model from an adapter folder (or a run folder) for evaluation.
 
-    ``path`` may also be a :class:`Checkpoint` from :func:`find_checkpoint` (its configs are
-    then not read again). Multi-task adapters are evaluated through one task's head: ``task``
+    ``path`` may also be a :class:`Checkpoint` from :func:`find_checkpoint`: its run config is
+    then used as it is (None when find_checkpoint set aside an unreadable one). Multi-task adapters are evaluated through one task's head: ``task``
     names it (it may be omitted when the adapter has a single head). For a single-task
     adapter ``task`` may be None or the run's task name. The backbone comes from the
     adapter's backbone name with the run config's ``weights`` / ``pretrained`` /
@@ -184,16 +184,23 @@ def load_for_eval(
     and LoRA folded, as deployed. ``model``: a fresh (un-injected) backbone to load into
     instead of building one. Returns a :class:`TaskView` in eval mode whose ``forward(x)``
     gives the task's logits over its own classes; ``.model`` is the underlying timm model.
-    Raises :class:`~mosa.checkpoint.CheckpointError` when the backbone cannot be built (no
-    network, weights that do not fit).
+    Raises :class:`~mosa.checkpoint.CheckpointError` for a corrupt checkpoint and when timm
+    cannot build the backbone (no network, weights that do not fit), FileNotFoundError for a
+    missing weights file.
     """
     ckpt = path if isinstance(path, Checkpoint) else _read_checkpoint(path, config is None)
     run = config if config is not None else ckpt.run_config
+    name = ckpt.meta.get("backbone") or (run.backbone if run is not None else None)
+    if not name:
+        raise CheckpointError(f"{ckpt.adapter_dir}: adapter_config.json names no backbone")
+    bcfg = dataclasses.replace(run if run is not None else TrainConfig(), backbone=name)
+    if weights is not None:
+        bcfg = dataclasses.replace(bcfg, weights=weights, pretrained=True)
     layout = read_head_layout(ckpt.adapter_dir)
     if layout is None:
-        view = _single_task_view(ckpt, run, task, weights, model)
+        view = _single_task_view(ckpt, run, task, bcfg, model)
     else:
-        view = _task_head_view(ckpt, run, layout, task, weights, model)
+        view = _task_head_view(ckpt, layout, task, bcfg, model)
     if merge and not getattr(view.model, "mosa_merged", False):
         merge_model(view.model)
     return view.eval()
@@ -203,31 +210,24 @@ def _read_checkpoint(path: str | os.PathLike[str], read_run: bool) -> Checkpoint
     """Like :func:`find_checkpoint`, but a run config that cannot be read is an error (and is
     not read without ``read_run``: a config given by the caller replaces it)."""
     adapter, run_dir = _adapter_paths(path)
+    meta = read_adapter_config(adapter)  # the adapter's own problems are reported first
     run = read_run_config(run_dir) if read_run and run_dir is not None else None
-    return Checkpoint(adapter, read_adapter_config(adapter), run, run_dir)
+    return Checkpoint(adapter, meta, run, run_dir)
 
 
-def _build_backbone(
-    ckpt: Checkpoint, run: TrainConfig | None, classes: int, weights: str | None
-) -> nn.Module:
-    """The backbone named by the adapter, with the run's (or ``weights``') backbone weights."""
-    name = ckpt.meta.get("backbone") or (run.backbone if run is not None else None)
-    if not name:
-        raise CheckpointError(f"{ckpt.adapter_dir}: adapter_config.json names no backbone")
-    bcfg = dataclasses.replace(run if run is not None else TrainConfig(), backbone=name)
-    if weights is not None:
-        bcfg = dataclasses.replace(bcfg, weights=weights, pretrained=True)
+def _build_backbone(bcfg: TrainConfig, classes: int) -> nn.Module:
+    """``bcfg``'s backbone with ``classes`` outputs and its backbone weights."""
     try:
         return load_backbone(num_classes=classes, **bcfg.backbone_args())
     except RuntimeError as e:  # no network, weights that do not fit: say so in one line
-        raise CheckpointError(f"cannot build backbone {name!r}: {e}") from e
+        raise CheckpointError(f"cannot build backbone {bcfg.backbone!r}: {e}") from e
 
 
 def _single_task_view(
     ckpt: Checkpoint,
     run: TrainConfig | None,
     task: str | None,
-    weights: str | None,
+    bcfg: TrainConfig,
     model: nn.Module | None,
 ) -> TaskView:
     labels = [d.label for d in run.data] if run is not None else []
@@ -237,19 +237,21 @@ def _single_task_view(
         )
     classes = ckpt.meta.get("num_classes")
     if not isinstance(classes, int) or classes < 1:
-        raise CheckpointError(f"{ckpt.adapter_dir}: num_classes={classes!r} in adapter_config.json")
+        raise CheckpointError(
+            f"{ckpt.adapter_dir}: num_classes={classes!r} in adapter_config.json; a single-head "
+            "adapter records its class count (the checkpoint is corrupt)"
+        )
     if model is None:
-        model = _build_backbone(ckpt, run, classes, weights)
+        model = _build_backbone(bcfg, classes)
     load_adapter(model, ckpt.adapter_dir)
     return TaskView(model, None)
 
 
 def _task_head_view(
     ckpt: Checkpoint,
-    run: TrainConfig | None,
     layout: HeadLayout,
     task: str | None,
-    weights: str | None,
+    bcfg: TrainConfig,
     model: nn.Module | None,
 ) -> TaskView:
     adapter = ckpt.adapter_dir
@@ -269,7 +271,7 @@ def _task_head_view(
     # build with a real class count (a local weights file's head is then dropped as in
     # single-task runs), then replace the classifier by the task heads
     if model is None:
-        model = _build_backbone(ckpt, run, next(iter(layout.classes.values())), weights)
+        model = _build_backbone(bcfg, next(iter(layout.classes.values())))
     elif has_task_heads(model) or getattr(model, "mosa_config", None) is not None:
         raise ValueError("load_for_eval needs a fresh backbone (no mosa method, no heads)")
     inject(model, MethodConfig.from_dict(ckpt.meta["method"]))

@@ -113,6 +113,7 @@ def test_task_mean_seed_spread_and_gap_paired_by_seed():
     assert adapter["task_mean_std"] == pytest.approx(14.1421356, rel=1e-6)
     # seed 2 ran one task of two: it has no task mean and pairs with nothing
     assert mosa["task_mean_by_seed"] == {"0": pytest.approx(50.0), "1": pytest.approx(70.0)}
+    assert "task_mean_std" not in mosa  # its task mean also counts seed 2: no mixed spread
     assert mosa["gap_vs_adapter"] == pytest.approx(-5.0)
     assert mosa["gap_vs_adapter_std"] == pytest.approx(0.0, abs=1e-9)
     assert "gap_vs_adapter" not in adapter and "gap_vs_lora" not in mosa

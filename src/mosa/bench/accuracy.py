@@ -371,10 +371,13 @@ def _seed_task_means(records: list[dict[str, Any]], method: str, n_tasks: int) -
 
 
 def _seed_spread(records: list[dict[str, Any]], method: str, n_tasks: int) -> dict[str, Any]:
-    """The task mean of each seed and their sample std (the task mean's seed spread)."""
+    """The task mean of each seed and their sample std (the task mean's seed spread), the
+    latter only when every seed the method ran has a test result on every task (otherwise
+    the table's task mean and its spread would come from different seeds)."""
     per_seed = _seed_task_means(records, method, n_tasks)
     out: dict[str, Any] = {"task_mean_by_seed": {str(k): v for k, v in per_seed.items()}}
-    if len(per_seed) > 1:
+    ran = {int(r["seed"]) for r in records if r["method"] == method}
+    if len(per_seed) > 1 and set(per_seed) == ran:
         out["task_mean_std"] = statistics.stdev(per_seed.values())
     return out
 
@@ -494,10 +497,11 @@ def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
         f"adapter bottleneck = LoRA rank = {protocol['bottleneck_and_rank']}, backbone "
         f"`{protocol['backbone']}`."
     )
-    if n_seeds > 1:
+    if any("task_mean_std" in e for e in table["means"].values()):
+        head += " The task mean's ± is the sample std over seeds of each seed's task mean."
+    if any(f"gap_vs_{b}" in e for e in table["means"].values() for b in GAP_BASES):
         head += (
-            " The task mean's ± is the sample std over seeds of each seed's task mean; "
-            "'− adapter' ('− lora') is each seed's task mean minus the adapter's (LoRA's) at "
+            " '− adapter' ('− lora') is each seed's task mean minus the adapter's (LoRA's) at "
             "the same seed (mean ± sample std): MoSA's dense counterpart is the adapter, "
             "MoSA-LoRA's is LoRA."
         )
