@@ -33,6 +33,7 @@ from typing import Any
 from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.recipes import load_config
 from mosa.recipes.sweep import SweepRun, log_line, progress_note, run_dir_name, run_one
+from mosa.results.report import format_cell
 
 
 @dataclass(frozen=True)
@@ -273,20 +274,21 @@ def run_protocol(
         best_val = done[best.run_dir].get("val_acc") if best else None
         if best is None or (val is not None and (best_val is None or val > best_val)):
             chosen[key] = r  # strict '>' keeps the smaller lr on ties (grids are ascending)
+    first = [_record(r, done[r.run_dir], grids[(r.task, r.method)]) for r in chosen.values()]
     if on_selection is not None:
-        first = [_record(r, done[r.run_dir], grids[(r.task, r.method)]) for r in chosen.values()]
-        on_selection(sorted(first, key=lambda x: (x["task"], METHODS.index(x["method"]))))
+        on_selection(sorted(first, key=_record_order))
     # phase 2: the chosen lr with the other seeds
     seed_runs: list[SweepRun] = []
     for (task, method), r in chosen.items():
         seed_runs += [plan(method, task, r.lr, s) for s in other_seeds]
     log(f"seeds: {len(seed_runs)} run(s) at the chosen learning rates")
     done.update(_run_all(seed_runs, jobs, threads, log))
-    records = []
-    for r in [*chosen.values(), *seed_runs]:
-        records.append(_record(r, done[r.run_dir], grids[(r.task, r.method)]))
-    records.sort(key=lambda x: (x["task"], METHODS.index(x["method"]), x["seed"]))
-    return records
+    records = first + [_record(r, done[r.run_dir], grids[(r.task, r.method)]) for r in seed_runs]
+    return sorted(records, key=_record_order)
+
+
+def _record_order(rec: dict[str, Any]) -> tuple[str, int, int]:
+    return rec["task"], METHODS.index(rec["method"]), rec["seed"]
 
 
 def _protocol_dict(p: Protocol) -> dict[str, Any]:
@@ -421,13 +423,8 @@ def render_markdown(table: dict[str, Any], protocol: dict[str, Any]) -> str:
         cells = []
         for m in methods:
             c = t["methods"].get(m)
-            cells.append(
-                "—"
-                if not c or c["test_mean"] is None
-                else f"{c['test_mean']:.1f} ± {c['test_std']:.1f}"
-                if c["n"] > 1
-                else f"{c['test_mean']:.1f}"  # one seed: no spread to show
-            )
+            missing = not c or c["test_mean"] is None
+            cells.append("—" if missing else format_cell(c["test_mean"], c["test_std"], c["n"]))
         lines.append(f"| {task} | {t['group'] or ''} | " + " | ".join(cells) + " |")
     means = table["means"]
     if means:
