@@ -576,7 +576,8 @@ def run_speed_bench(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
-    preset = PRESETS["quick" if quick else ("cuda" if dev.type == "cuda" else "cpu")]
+    preset_name = "quick" if quick else ("cuda" if dev.type == "cuda" else "cpu")
+    preset = PRESETS[preset_name]
     name = model or preset.model
     overrides = dict(preset.model_kwargs) if model is None else {}
     img = img_size if img_size is not None else (preset.img_size if model is None else None)
@@ -627,7 +628,7 @@ def run_speed_bench(
     )
     flops = _flop_section(base, rows, method["bottleneck"], batch, dev, amp, preset, step_flops)
     run = {
-        "preset": "quick" if quick else ("cuda" if dev.type == "cuda" else "cpu"),
+        "preset": preset_name,
         "model": _model_info(base, name, overrides),
         "method": method,
         "batch_size": batch,
@@ -867,8 +868,7 @@ def _paired_ratios(times: dict[str, list[float]]) -> dict[str, float | None]:
     ratio-of-medians in ``ratios``)."""
 
     def r(a: str, b: str) -> float | None:
-        pairs = [x / y for x, y in zip(times[a], times[b], strict=True) if y > 0]
-        return statistics.median(pairs) if pairs else None
+        return _paired_ratio(times, a, b)
 
     return {
         "mosa_step_vs_adapter": r("mosa", "adapter"),
@@ -992,12 +992,17 @@ def _compiled_ratios(
     for n in COMPILED_VARIANTS:
         c = n + COMPILED_SUFFIX
         if c in rows:
-            pairs = [a / b for a, b in zip(times[c], times[n], strict=True) if b > 0]
             out[n] = {
                 "step": _ratio(rows[c]["train_step_s"], rows[n]["train_step_s"]),
-                "paired": statistics.median(pairs) if pairs else None,
+                "paired": _paired_ratio(times, c, n),
             }
     return out
+
+
+def _paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float | None:
+    """Median over rounds of ``a``'s time over ``b``'s in the same round."""
+    pairs = [x / y for x, y in zip(times[a], times[b], strict=True) if y > 0]
+    return statistics.median(pairs) if pairs else None
 
 
 # ------------------------------------------------------------------------------------ output
