@@ -23,7 +23,7 @@ from torch import nn
 
 from mosa.checkpoint import backbone_name
 from mosa.io import atomic_save_safetensors, atomic_write_json
-from mosa.model import PREFIX, head_module_name
+from mosa.model import head_module_name, is_mosa_name
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "ExportError", "export_timm", "plain_state_dict"]
 
@@ -55,11 +55,7 @@ def _check_no_adapter(
     """An ExportError when the model is unmerged or still holds mosa modules (task heads aside)."""
     if getattr(model, "mosa_config", None) is not None and not getattr(model, "mosa_merged", False):
         raise ExportError("the model is not merged: call mosa.merge(model) first", "unmerged")
-    leftover = [
-        k
-        for k in state
-        if k.split(".")[0] not in heads and any(p.startswith(PREFIX) for p in k.split("."))
-    ]
+    leftover = [k for k in state if k.split(".")[0] not in heads and is_mosa_name(k)]
     if leftover:
         raise ExportError(
             f"{_method(model)} keeps its adapter modules after merging (e.g. {leftover[0]}): "

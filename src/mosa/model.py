@@ -322,14 +322,16 @@ def draw_routes(model: nn.Module, batch_size: int) -> None:
     layers = [m for m in mosa_modules(model) if m.training]
     for m in layers:
         m.batch_hint = batch_size
-    picks = [m.draw_picks(batch_size) for m in layers]
     devices = {m.owner.device for m in layers}
-    if len(devices) == 1 and (device := devices.pop()).type != "cpu":
-        # one host-to-device copy per step, not one per layer
-        flat = torch.cat(picks).pin_memory().to(device, non_blocking=True)
-        picks = list(flat.split([p.numel() for p in picks]))
-    for m, p in zip(layers, picks, strict=True):
-        m.routes = p.to(m.owner.device)
+    if len(devices) != 1 or (device := devices.pop()).type == "cpu":
+        for m in layers:
+            m.draw_routes(batch_size)
+        return
+    # one host-to-device copy per step, not one per layer
+    picks = [m.draw_picks(batch_size) for m in layers]
+    flat = torch.cat(picks).pin_memory().to(device, non_blocking=True)
+    for m, p in zip(layers, flat.split([p.numel() for p in picks]), strict=True):
+        m.routes = p
 
 
 def forward_twice(
@@ -375,12 +377,17 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         parts = k.split(".")
         if (
-            any(p.startswith(PREFIX) for p in parts)
+            is_mosa_name(k)
             or (head is not None and (head == "" or k.startswith(head + ".")))
             or (keep_prefixes and k.startswith(keep_prefixes) and parts[-1] in ("weight",))
         ):
             out[k] = v
     return out
+
+
+def is_mosa_name(name: str) -> bool:
+    """Whether a parameter, buffer or module name lies inside a module mosa added."""
+    return any(part.startswith(PREFIX) for part in name.split("."))
 
 
 def summary(model: nn.Module) -> dict[str, object]:
@@ -390,11 +397,7 @@ def summary(model: nn.Module) -> dict[str, object]:
     adapter's (the only difference from its trainable count; merging removes them)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    adapter = sum(
-        p.numel()
-        for n, p in model.named_parameters()
-        if any(s.startswith(PREFIX) for s in n.split("."))
-    )
+    adapter = sum(p.numel() for n, p in model.named_parameters() if is_mosa_name(n))
     head = head_module_name(model)
     head_n = sum(p.numel() for p in model.get_submodule(head).parameters()) if head else 0
     cfg = getattr(model, "mosa_config", None)

@@ -234,7 +234,7 @@ class MoSALinear(nn.Module):
                 raise ValueError("sample routing drawn ahead needs inputs with a batch dimension")
             k = picks[:1]  # a 1-element tensor: indexing with it stays in the graph
             weight = self.expert_weight(k)
-            bias = None if self.bias is None else self.expert_bias_of(k)
+            bias = self.expert_bias_of(k)  # expert_bias implies a bias
             return F.linear(x, weight, bias[0] if self.expert_bias else bias)
         if batch_routed:
             w = self._expert_stack(picks)  # (g, out, in)
