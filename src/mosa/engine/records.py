@@ -57,6 +57,11 @@ def task_record(sums: dict[str, float], val: dict[str, Any] | None, world_size: 
     }
 
 
+def task_values(tasks: dict[str, dict[str, Any]], key: str) -> list[float]:
+    """``key`` of every task record that has one (a task without a val split has None)."""
+    return [r[key] for r in tasks.values() if r[key] is not None]
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -75,8 +80,6 @@ def epoch_record(
     """The ``metrics.jsonl`` record of an epoch (``epoch_seconds`` is added once it ends)."""
     totals = {k: sum(p[k] for p in per_task) for k in SUM_KEYS}
     seen = max(totals["seen"], 1.0)
-    val_accs = [r["val_acc"] for r in tasks.values() if r["val_acc"] is not None]
-    val_losses = [r["val_loss"] for r in tasks.values() if r["val_loss"] is not None]
     return {
         "epoch": epoch,
         "global_step": global_step,
@@ -86,8 +89,8 @@ def epoch_record(
         "train_deep_consistency": totals["deep"] / seen if deep else None,
         "train_acc": totals["correct"] / seen,
         # multi-task: the mean over the tasks with a held-out val split
-        "val_acc": _mean(val_accs),
-        "val_loss": _mean(val_losses),
+        "val_acc": _mean(task_values(tasks, "val_acc")),
+        "val_loss": _mean(task_values(tasks, "val_loss")),
         "lr": lr,
         "train_images": int(totals["seen"]),
         "train_seconds": train_s,
@@ -169,7 +172,7 @@ def accuracies(tasks: dict[str, dict[str, Any]], multitask: bool) -> dict[str, f
     """The summary's headline accuracies: a single task's, or the means over the tasks."""
 
     def mean(key: str) -> float | None:
-        return _mean([e[key] for e in tasks.values() if e[key] is not None])
+        return _mean(task_values(tasks, key))
 
     first = next(iter(tasks.values()))
     return {

@@ -383,23 +383,24 @@ class _Run:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.consistency = cfg.consistency_weight
         self.ddp: nn.Module = model
-        if info.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # buffers (partitions, initial weights) never change: no per-step broadcast.
-            # Multi-task: every rank runs the same task in a step; the other tasks' heads get
-            # no gradient on any rank, which DDP must be told (their grads then stay None).
-            wrapped = TaskModel(model) if self.multitask else model
-            self.ddp = DistributedDataParallel(
-                wrapped,
-                device_ids=ids,
-                broadcast_buffers=False,
-                find_unused_parameters=self.multitask and not self.joint,
-            )
-        if cfg.compile:
+        if info.distributed or cfg.compile:
             # the training forward only: eval, merging and checkpoints use the bare model
-            target = TaskModel(model) if self.multitask and self.ddp is model else self.ddp
-            self.ddp = torch.compile(target, backend=cfg.compile_backend)
-            _allow_graphs_per_task(len(self.tasks))
+            fwd: nn.Module = TaskModel(model) if self.multitask else model
+            if info.distributed:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                # buffers (partitions, initial weights) never change: no per-step broadcast.
+                # Multi-task: every rank runs the same task in a step; the other tasks' heads
+                # get no gradient on any rank, which DDP must be told (grads stay None).
+                fwd = DistributedDataParallel(
+                    fwd,
+                    device_ids=ids,
+                    broadcast_buffers=False,
+                    find_unused_parameters=self.multitask and not self.joint,
+                )
+            if cfg.compile:
+                fwd = torch.compile(fwd, backend=cfg.compile_backend)
+                _allow_graphs_per_task(len(self.tasks))
+            self.ddp = fwd
 
     def _restore(self, checkpoint: Path | None, doc: dict[str, Any] | None) -> TrainState:
         state = TrainState(epoch=0, global_step=0, history=[], elapsed_s=0.0)
@@ -552,7 +553,7 @@ class _Run:
             raise TrainingDivergedError(
                 epoch, steps - 1, step - 1, math.nan, lr, "weights", str(self.out)
             )
-        losses = [r["val_loss"] for r in record["tasks"].values() if r["val_loss"] is not None]
+        losses = records.task_values(record["tasks"], "val_loss")
         bad_val = [v for v in losses if not math.isfinite(v)]
         if bad_val:
             raise TrainingDivergedError(
