@@ -48,6 +48,7 @@ from mosa.adapters.sparse import MoSALinear
 from mosa.bench.flops import ViTShape, measure_matmul_rate, vit_train_flops
 from mosa.bench.reference import ReferenceSplitLinear, inject_reference, reference_state_dict
 from mosa.engine.losses import symmetric_kl
+from mosa.engine.records import device_name
 from mosa.model import adapter_state_dict, draw_routes, forward_twice
 
 # ------------------------------------------------------------------------------------ settings
@@ -661,7 +662,7 @@ def _result(
     return {
         "schema": "mosa.bench.speed/1",
         "device": dev.type,
-        "device_name": _device_name(dev),
+        "device_name": device_name(dev),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "mosa": mosa.__version__,
@@ -822,12 +823,6 @@ def _json_default(o: object) -> object:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return platform.processor() or platform.machine()
 
 
 def _notes(dev: torch.device) -> list[str]:

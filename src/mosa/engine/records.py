@@ -136,17 +136,19 @@ def versions() -> dict[str, str]:
     }
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's (the machine type where the platform names none)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
 def host(device: torch.device, info: DistInfo, amp: torch.dtype | None) -> dict[str, Any]:
     """Where a run ran: host, device, world size, autocast dtype, process id."""
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine()
-    )
     return {
         "hostname": socket.gethostname(),
         "device": str(device),
-        "device_name": name,
+        "device_name": device_name(device),
         "world_size": info.world_size,
         "backend": info.backend,
         "amp": str(amp).replace("torch.", "") if amp else "off",
