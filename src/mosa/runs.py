@@ -263,11 +263,7 @@ def _task_head_view(
             )
         task = layout.tasks[0]
     if task not in layout.classes:
-        hint = difflib.get_close_matches(task, layout.tasks, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise CheckpointError(
-            f"{adapter} has no head for task {task!r}{extra}; tasks: {', '.join(layout.tasks)}"
-        )
+        raise CheckpointError(_no_head(adapter, task, layout.tasks))
     # build with a real class count (a local weights file's head is then dropped as in
     # single-task runs), then replace the classifier by the task heads
     if model is None:
@@ -317,6 +313,13 @@ class _EvalTarget:
     head: str | None
 
 
+def _no_head(adapter: Path, task: str, tasks: Sequence[str]) -> str:
+    """Why ``task`` cannot be evaluated: no head of that name (with the nearest one)."""
+    hint = difflib.get_close_matches(task, list(tasks), n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"{adapter} has no head for task {task!r}{extra}; tasks: {', '.join(tasks)}"
+
+
 def check_task(ckpt: Checkpoint, task: str, tasks: Sequence[str] | None) -> None:
     """A :class:`UsageError` unless ``task`` names one of the adapter's heads (``tasks``, from
     :func:`adapter_tasks`) or, for a single-task adapter (``tasks`` None), the task it was
@@ -324,11 +327,7 @@ def check_task(ckpt: Checkpoint, task: str, tasks: Sequence[str] | None) -> None
     if tasks is not None:
         if task in tasks:
             return
-        hint = difflib.get_close_matches(task, list(tasks), n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise UsageError(
-            f"{ckpt.adapter_dir} has no head for task {task!r}{extra}; tasks: {', '.join(tasks)}"
-        )
+        raise UsageError(_no_head(ckpt.adapter_dir, task, tasks))
     labels = [d.label for d in ckpt.run_config.data] if ckpt.run_config else []
     if labels and task != labels[0]:
         msg = f"{ckpt.adapter_dir} is a single-task adapter trained on {labels[0]!r}, not {task!r}"
