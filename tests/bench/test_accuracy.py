@@ -10,6 +10,7 @@ import pytest
 
 from mosa.bench import accuracy
 from mosa.data.prepare import prepare_tasks
+from mosa.executors import ExecutorOptions, worker
 
 # the protocol tests use their own grids, so they do not change with the shipped LR_GRID
 GRID: dict[str, tuple[float, ...]] = {m: (1e-3, 3e-3, 1e-2) for m in accuracy.METHODS}
@@ -35,6 +36,7 @@ def _fake_run_one(calls: list[dict[str, Any]]):
 
 
 def _protocol(root: Path, tasks: tuple[str, ...], methods: tuple[str, ...]) -> accuracy.Protocol:
+    root.mkdir(parents=True, exist_ok=True)  # every worker checks that it can read the data
     return accuracy.Protocol(
         tasks=tasks,
         methods=methods,
@@ -50,9 +52,9 @@ def _protocol(root: Path, tasks: tuple[str, ...], methods: tuple[str, ...]) -> a
 
 def test_learning_rate_is_chosen_on_val_never_on_test(tmp_path, monkeypatch):
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(accuracy, "run_one", _fake_run_one(calls))
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
     protocol = _protocol(tmp_path / "data", ("t1", "t2"), ("adapter", "mosa"))
-    records = accuracy.run_protocol(protocol, tmp_path / "out", jobs=1, log=lambda s: None)
+    records = accuracy.run_protocol(protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None)
     # selection: 2 tasks x 2 methods x 3 lrs at seed 0; then 2 more seeds per cell
     assert len(calls) == 2 * 2 * 3 + 2 * 2 * 2
     assert len(records) == 2 * 2 * 3
@@ -160,7 +162,7 @@ def test_every_method_has_a_grid_in_both_modes():
 
 def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, monkeypatch):
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(accuracy, "run_one", _fake_run_one(calls))
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
     protocol = _protocol(tmp_path / "data", ("t1",), ("adapter", "mosa"))
     seen: list[tuple[int, list[dict[str, Any]]]] = []
 
@@ -168,7 +170,7 @@ def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, mo
         seen.append((len(calls), records))
 
     accuracy.run_protocol(
-        protocol, tmp_path / "out", jobs=1, log=lambda s: None, on_selection=on_selection
+        protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None, on_selection=on_selection
     )
     ((calls_then, first),) = seen
     assert calls_then == 1 * 2 * 3  # only the selection runs had trained
@@ -179,7 +181,7 @@ def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, mo
 
 
 def test_a_first_seed_table_shows_no_spread_and_says_it_is_partial(tmp_path, monkeypatch):
-    monkeypatch.setattr(accuracy, "run_one", _fake_run_one([]))
+    monkeypatch.setattr(worker, "run_one", _fake_run_one([]))
     protocol = _protocol(tmp_path / "data", ("t1",), ("adapter",))
     tables: list[str] = []
 
@@ -188,7 +190,7 @@ def test_a_first_seed_table_shows_no_spread_and_says_it_is_partial(tmp_path, mon
         tables.append(accuracy.render_markdown(table, accuracy._protocol_dict(protocol)))
 
     accuracy.run_protocol(
-        protocol, tmp_path / "out", jobs=1, log=lambda s: None, on_selection=on_selection
+        protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None, on_selection=on_selection
     )
     (md,) = tables
     assert "1 seed(s) (so far: the protocol runs 3 seeds)" in md

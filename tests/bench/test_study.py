@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mosa.bench import accuracy, study
+from mosa.bench import study
+from mosa.executors import worker
 
 
 def _fake_run_one(calls: list[dict[str, Any]]):
@@ -34,7 +35,7 @@ def _fake_run_one(calls: list[dict[str, Any]]):
 
 def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch) -> None:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(accuracy, "run_one", _fake_run_one(calls))
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
     (tmp_path / "data" / "t1").mkdir(parents=True)
     argv = ["--data-root", str(tmp_path / "data"), "--tasks", "t1", "--jobs", "1"]
     assert study.main([*argv, "--out", str(tmp_path / "out")]) == 0

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +10,8 @@ import pytest
 import mosa.engine
 from mosa.cli.main import main
 from mosa.config import ConfigError
-from mosa.recipes.sweep import (
-    LOCK_NAME,
-    lock_state,
-    plan_sweep,
-    run_dir_name,
-    run_one,
-    run_status,
-    run_sweep,
-)
+from mosa.executors import run_grid, run_one, run_status
+from mosa.recipes.sweep import plan_sweep, run_dir_name
 
 
 class FakeTrain:
@@ -51,8 +40,16 @@ class FakeTrain:
 def plan(tmp_path, **kw):
     axes = {"tasks": ["digits", "fmnist_rot"], "methods": ["mosa", "linear"], "seeds": [0, 1]}
     axes.update(kw)
-    return plan_sweep(["offline/_base"], ["optim.epochs=2", "optim.warmup_epochs=0"],
-                      out=tmp_path, **axes)  # fmt: skip
+    data = _data_root(tmp_path)
+    return plan_sweep(["offline/_base"], ["optim.epochs=2", "optim.warmup_epochs=0",
+                      f"data.root={data}"], out=tmp_path, **axes)  # fmt: skip
+
+
+def _data_root(tmp_path: Path) -> Path:
+    """An existing data folder: every worker checks it can read the data before training."""
+    root = tmp_path / "data"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 def test_plan_is_the_full_grid_with_deterministic_folders(tmp_path):
@@ -96,44 +93,61 @@ def test_axes_without_values_keep_the_config(tmp_path):
     assert runs[0].run_dir == tmp_path / "fmnist_rot/mosa/lr0.01/seed7"
 
 
-def test_killed_sweep_resumes_and_skips_finished_runs(tmp_path):
+def _quiet(text: str) -> None:
+    pass
+
+
+def test_killed_sweep_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
     runs = plan(tmp_path)
     assert all(run_status(r.run_dir) == "new" for r in runs)
     killer = FakeTrain(kill_at=3)
+    monkeypatch.setattr(mosa.engine, "train", killer)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(runs, train_fn=killer, log=lambda s: None)
+        run_grid(runs, log=_quiet)
     assert [resume for _, resume in killer.calls] == [False, False, False]
     assert [run_status(r.run_dir) for r in runs[:4]] == ["done", "done", "resume", "new"]
 
     again = FakeTrain()
-    result = run_sweep(runs, train_fn=again, log=lambda s: None, manifest=tmp_path / "sweep.json")
+    monkeypatch.setattr(mosa.engine, "train", again)
+    result = run_grid(runs, log=_quiet, manifest=tmp_path / "sweep.json")
     assert len(again.calls) == len(runs) - 2  # the two finished runs are not trained again
     assert again.calls[0] == (str(runs[2].run_dir), True)  # the killed one resumes
     assert all(not resume for _, resume in again.calls[1:])
-    assert (len(result.done), len(result.resumed), len(result.trained)) == (2, 1, 5)
+    counts = [len(result.having(s)) for s in ("done", "resumed", "trained", "failed")]
+    assert counts == [2, 1, 5, 0]
     manifest = json.loads((tmp_path / "sweep.json").read_text())
-    assert {r["status"] for r in manifest["runs"]} == {"done"}
+    assert [r["status"] for r in manifest["runs"]] == ["done"] * 2 + ["resumed"] + ["trained"] * 5
 
     third = FakeTrain()
-    run_sweep(runs, train_fn=third, log=lambda s: None)
+    monkeypatch.setattr(mosa.engine, "train", third)
+    run_grid(runs, log=_quiet)
     assert third.calls == []  # nothing left to do
 
 
-def test_keep_going_records_failures(tmp_path):
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
     runs = plan(tmp_path, tasks=["digits"], methods=["mosa"])
     calls = []
 
     def flaky(config, *, resume=False, **kw):
         calls.append(config.seed)
         if config.seed == 0:
-            raise RuntimeError("boom")
+            raise RuntimeError("boom\nsecond line")
         return FakeTrain()(config, resume=resume)
 
-    result = run_sweep(runs, train_fn=flaky, keep_going=True, log=lambda s: None)
+    monkeypatch.setattr(mosa.engine, "train", flaky)
+    lines: list[str] = []
+    result = run_grid(runs, log=lines.append, manifest=tmp_path / "sweep.json")
     assert calls == [0, 1]
-    assert list(result.failed.values()) == ["RuntimeError: boom"]
-    with pytest.raises(RuntimeError, match="boom"):
-        run_sweep(runs, train_fn=flaky, log=lambda s: None)
+    assert [o.error for o in result.failed] == ["RuntimeError: boom second line"]
+    assert [o.run.seed for o in result.having("trained")] == [1]
+    assert any("FAILED (RuntimeError: boom second line)" in ln for ln in lines)
+    rows = json.loads((tmp_path / "sweep.json").read_text())["runs"]
+    assert [(r["status"], r.get("error")) for r in rows] == [
+        ("failed", "RuntimeError: boom second line"),
+        ("trained", None),
+    ]
+    with pytest.raises(Exception, match="1 run\\(s\\) failed: .*seed0 \\(RuntimeError: boom"):
+        result.raise_for_failures()
 
 
 def test_a_folder_with_another_config_is_refused(tmp_path):
@@ -154,7 +168,8 @@ def test_cli_sweep_runs_grid_then_skips(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mosa.engine, "train", fake, raising=False)
     argv = ["sweep", "--config", "offline/_base", "--tasks", "digits,fmnist_rot",
             "--methods", "mosa", "--seeds", "0,1", "--out", str(tmp_path),
-            "optim.epochs=1", "optim.warmup_epochs=0"]  # fmt: skip
+            "optim.epochs=1", "optim.warmup_epochs=0",
+            f"data.root={_data_root(tmp_path)}"]  # fmt: skip
     assert main(argv) == 0
     assert len(fake.calls) == 4
     assert main(argv) == 0
@@ -165,42 +180,43 @@ def test_cli_sweep_runs_grid_then_skips(tmp_path, monkeypatch, capsys):
     assert len(lines) == 4 and all(line.startswith("done") for line in lines)
 
 
-def _lock(run_dir: Path, pid: int) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    holder = {"pid": pid, "host": socket.gethostname(), "since": 0}
-    (run_dir / LOCK_NAME).write_text(json.dumps(holder))
+def test_cli_sweep_exits_1_naming_the_failed_run(tmp_path, monkeypatch, capsys):
+    def nan_stop(config, **kw):
+        raise mosa.engine.TrainingDivergedError(1, 3, 3, float("nan"), 0.01, run=config.out)
+
+    monkeypatch.setattr(mosa.engine, "train", nan_stop, raising=False)
+    argv = ["sweep", "--config", "offline/_base", "--tasks", "digits", "--seeds", "0",
+            "--out", str(tmp_path), "optim.epochs=1", "optim.warmup_epochs=0",
+            f"data.root={_data_root(tmp_path)}"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "failed " in err and "digits/mosa/lr0.01/seed0: TrainingDivergedError" in err
 
 
-def test_runs_locked_by_a_live_process_are_left_to_it(tmp_path):
-    runs = plan(tmp_path, tasks=["digits"], methods=["mosa"])
-    _lock(runs[0].run_dir, os.getppid())  # alive: the process that started pytest
-    assert lock_state(runs[0].run_dir) == "running" and lock_state(runs[1].run_dir) is None
+def test_an_old_sweeps_lock_file_does_not_stop_a_resume(tmp_path, monkeypatch):
+    (r,) = plan(tmp_path, tasks=["digits"], methods=["mosa"], seeds=[0])
+    r.run_dir.mkdir(parents=True)
+    (r.run_dir / "last").mkdir()
+    (r.run_dir / "last" / "state.json").write_text("{}")
+    # what mosa 0.1's sweep left behind when it was killed: a lock naming a live process
+    (r.run_dir / ".sweep.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
     fake = FakeTrain()
-    result = run_sweep(runs, train_fn=fake, log=lambda s: None)
-    assert result.busy == [runs[0].run_dir]
-    assert [c for c, _ in fake.calls] == [str(runs[1].run_dir)]
-    assert not (runs[1].run_dir / LOCK_NAME).exists()  # released after the run
-    assert (runs[0].run_dir / LOCK_NAME).exists()  # someone else's: untouched
+    monkeypatch.setattr(mosa.engine, "train", fake)
+    result = run_grid([r], log=_quiet)
+    assert fake.calls == [(str(r.run_dir), True)]
+    assert [o.status for o in result.outcomes] == ["resumed"]
 
 
-def test_a_lock_of_a_killed_sweep_is_taken_over(tmp_path):
-    runs = plan(tmp_path, tasks=["digits"], methods=["mosa"], seeds=[0])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    _lock(runs[0].run_dir, dead.pid)
-    assert lock_state(runs[0].run_dir) == "stale"
+def test_a_folder_the_machine_cannot_write_stops_the_grid_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the output folder should go: nothing can be made there
     fake = FakeTrain()
-    result = run_sweep(runs, train_fn=fake, log=lambda s: None)
-    assert result.trained == [runs[0].run_dir] and result.busy == []
-    assert not (runs[0].run_dir / LOCK_NAME).exists()
-
-
-def test_lock_is_released_when_a_run_fails(tmp_path):
-    runs = plan(tmp_path, tasks=["digits"], methods=["mosa"], seeds=[0])
-
-    def boom(config, **kw):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(runs, train_fn=boom, log=lambda s: None)
-    assert not (runs[0].run_dir / LOCK_NAME).exists()
+    monkeypatch.setattr(mosa.engine, "train", fake, raising=False)
+    argv = ["sweep", "--config", "offline/_base", "--tasks", "digits", "--seeds", "0",
+            "--out", str(blocker / "runs"), "optim.epochs=1", f"data.root={_data_root(tmp_path)}"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot run the grid" in err and "cannot write to" in err and str(blocker) in err
+    assert fake.calls == []

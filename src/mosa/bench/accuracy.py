@@ -24,15 +24,15 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from mosa.cli.common import add_executor_arguments, executor_options
+from mosa.executors import ExecutorOptions, log_line, run_grid
 from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.recipes import load_config
-from mosa.recipes.sweep import SweepRun, log_line, progress_note, run_dir_name, run_one
+from mosa.recipes.sweep import SweepRun, run_dir_name
 from mosa.results.report import format_cell
 
 
@@ -153,63 +153,15 @@ def plan_run(
     return SweepRun(task, variant.name, lr, seed, cfg.data[0].shots, root / rel, cfg)
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _run_config(config_dict: dict[str, Any]) -> dict[str, Any]:
-    from mosa.engine.config import TrainConfig
-
-    config = TrainConfig.from_dict(config_dict)
-    _, summary = run_one(config)
-    return summary
-
-
-def _run_all(
-    runs: Sequence[SweepRun], jobs: int, threads: int, log: Callable[[str], None]
+def train_runs(
+    runs: Sequence[SweepRun], options: ExecutorOptions, log: Callable[[str], None]
 ) -> dict[Path, dict[str, Any]]:
-    """Train every run (finished ones are read back), ``jobs`` processes at a time."""
-    results: dict[Path, dict[str, Any]] = {}
-    todo = []
-    for r in runs:
-        if (r.run_dir / "summary.json").is_file():
-            results[r.run_dir] = json.loads((r.run_dir / "summary.json").read_text())
-        else:
-            todo.append(r)
-    if not todo:
-        return results
-    log(f"  training {len(todo)} run(s), {jobs} at a time ({len(results)} already done)")
-    start = time.perf_counter()
-
-    def finished(i: int, r: SweepRun, running: int) -> None:
-        elapsed = time.perf_counter() - start
-        note = progress_note(i, len(todo), running, elapsed, i)
-        log(f"  [{i}/{len(todo)}] {_label(r)} done ({elapsed:.0f}s; {note})")
-
-    if jobs <= 1:
-        _init_worker(threads)
-        for i, r in enumerate(todo, 1):
-            results[r.run_dir] = _run_config(r.config.to_dict())
-            finished(i, r, 1)
-        return results
-    ctx = get_context("spawn")  # a clean interpreter per worker: no forked torch threads
-    with ProcessPoolExecutor(
-        jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
-    ) as pool:
-        futures = {pool.submit(_run_config, r.config.to_dict()): r for r in todo}
-        for i, fut in enumerate(_as_completed(futures), 1):
-            r = futures[fut]
-            results[r.run_dir] = fut.result()
-            finished(i, r, min(jobs, len(todo) - i))
-    return results
-
-
-def _as_completed(futures: dict[Any, SweepRun]) -> Any:
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
+    """Every run's summary (finished runs are read back, the others trained on the executor
+    ``options`` names); :class:`mosa.executors.GridError` names the runs that failed, after
+    the others finished."""
+    result = run_grid(runs, options, log=log)
+    result.raise_for_failures()
+    return result.summaries
 
 
 def _label(r: SweepRun) -> str:
@@ -239,8 +191,7 @@ def run_protocol(
     protocol: Protocol,
     out: str | Path,
     *,
-    jobs: int = 2,
-    threads: int = 1,
+    options: ExecutorOptions | None = None,
     log: Callable[[str], None] = log_line,
     on_selection: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -263,7 +214,8 @@ def run_protocol(
         for lr in protocol.lr_grid[m]
     ]
     log(f"selection: {len(selection)} run(s) (tasks x methods x learning rates, seed {first_seed})")
-    done = _run_all(selection, jobs, threads, log)
+    options = options or ExecutorOptions()
+    done = train_runs(selection, options, log)
     chosen: dict[tuple[str, str], SweepRun] = {}
     grids: dict[tuple[str, str], dict[str, float | None]] = {}
     for r in selection:
@@ -282,7 +234,7 @@ def run_protocol(
     for (task, method), r in chosen.items():
         seed_runs += [plan(method, task, r.lr, s) for s in other_seeds]
     log(f"seeds: {len(seed_runs)} run(s) at the chosen learning rates")
-    done.update(_run_all(seed_runs, jobs, threads, log))
+    done.update(train_runs(seed_runs, options, log))
     records = first + [_record(r, done[r.run_dir], grids[(r.task, r.method)]) for r in seed_runs]
     return sorted(records, key=_record_order)
 
@@ -631,17 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bottleneck", type=int, default=8, help="adapter bottleneck = LoRA rank")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--jobs", type=int, default=None, help="runs trained at once (default: CPU cores)"
-    )
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--backbone", default="mosa_vit_fmnist")
     p.add_argument(
         "--quick",
         action="store_true",
         help="3 tasks, 5 methods, 1 seed, 5 epochs, 2-point lr grids",
     )
+    add_executor_arguments(p, jobs=default_jobs())
     return p
+
+
+def default_jobs() -> int:
+    """Runs at once on this machine: one per CPU core (at most 8)."""
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -684,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_root=str(data_root),
         backbone=args.backbone,
     )
-    jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8) // max(args.threads, 1))
+    options = executor_options(args)
     start = time.perf_counter()
     groups = _task_groups(data_root, tasks)
 
@@ -693,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_results(records, _protocol_dict(protocol), out, groups)
             log_line(f"wrote the first seed's table to {out / 'results.md'}; seeds next")
 
-    records = run_protocol(protocol, out, jobs=jobs, threads=args.threads, on_selection=partial)
+    records = run_protocol(protocol, out, options=options, on_selection=partial)
     written = write_results(records, _protocol_dict(protocol), out, groups)
     print(written["markdown"].read_text())
     print(

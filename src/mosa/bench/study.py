@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -28,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosa.bench.accuracy import Variant, _run_all, task_root
+from mosa.bench.accuracy import Variant, default_jobs, task_root, train_runs
 from mosa.bench.accuracy import plan_run as plan_variant
+from mosa.cli.common import add_executor_arguments, executor_options
+from mosa.executors import ExecutorOptions, log_line
 from mosa.io import atomic_write_bytes, atomic_write_json
-from mosa.recipes.sweep import SweepRun, log_line
+from mosa.recipes.sweep import SweepRun
 
 STUDY_TASKS = ("digits_noisy", "fmnist_loc", "fmnist_count")  # the largest MoSA gaps
 QUICK_TASKS = ("digits_noisy",)
@@ -147,13 +148,18 @@ class Study:
     """Plans, runs (resumably) and records the study's cells."""
 
     def __init__(
-        self, out: Path, data_root: str, tasks: Sequence[str], jobs: int, log: Callable[[str], None]
+        self,
+        out: Path,
+        data_root: str,
+        tasks: Sequence[str],
+        options: ExecutorOptions,
+        log: Callable[[str], None],
     ):
-        self.out, self.data_root, self.tasks, self.jobs, self.log = (
+        self.out, self.data_root, self.tasks, self.options, self.log = (
             out,
             data_root,
             tuple(tasks),
-            jobs,
+            options,
             log,
         )
         self.cells: dict[tuple[str, str, str], Cell] = {}
@@ -176,13 +182,13 @@ class Study:
     def run_block(self, setting: str, variants: Sequence[Variant]) -> None:
         cells = [self._cell(setting, v, t) for v in variants for t in self.tasks]
         self.log(f"block {setting}: {', '.join(v.name for v in variants)}")
-        self.done.update(_run_all([r for c in cells for r in c.grid], self.jobs, 1, self.log))
+        self.done.update(train_runs([r for c in cells for r in c.grid], self.options, self.log))
         for _ in range(MAX_EXTENSIONS):
             extra = [r for c in cells if (r := self._extension(c)) is not None]
             if not extra:
                 break
             self.log(f"  {len(extra)} cell(s) chose a grid end on val: extending the grid")
-            self.done.update(_run_all(extra, self.jobs, 1, self.log))
+            self.done.update(train_runs(extra, self.options, self.log))
 
     def _extension(self, cell: Cell) -> SweepRun | None:
         """The next learning rate beyond the grid end that val chose (x2 or /2), added to
@@ -212,7 +218,7 @@ class Study:
                 ]
                 todo += cell.seeds
         self.log(f"seeds {list(seeds)} for {', '.join(v.name for v in variants)} ({setting})")
-        self.done.update(_run_all(todo, self.jobs, 1, self.log))
+        self.done.update(train_runs(todo, self.options, self.log))
 
     def best_combination(self) -> Variant | None:
         """The paper's MoSA with every screened knob whose mean val beat the paper's (val only)."""
@@ -461,9 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", default=None, help=f"comma-separated tasks (default: {','.join(STUDY_TASKS)})"
     )
-    p.add_argument("--jobs", type=int, default=None, help="runs at once (default: CPU cores)")
     p.add_argument("--quick", action="store_true", help="one task, the base block, no extra seeds")
     p.add_argument("--no-seeds", action="store_true", help="screen only: skip the 3-seed finalists")
+    add_executor_arguments(p, jobs=default_jobs())
     return p
 
 
@@ -474,8 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         QUICK_TASKS if args.quick else STUDY_TASKS
     )
     data_root = task_root(args.data_root, out, tasks, "mosa bench study")
-    jobs = args.jobs or max(1, min(os.cpu_count() or 1, 8))
-    study = Study(out, str(data_root), tasks, jobs, log_line)
+    study = Study(out, str(data_root), tasks, executor_options(args), log_line)
     start = time.perf_counter()
     blocks = BLOCKS[:1] if args.quick else BLOCKS
     for i, (setting, variants) in enumerate(blocks):

@@ -8,7 +8,7 @@ import importlib
 from mosa.cli.common import Subparsers, add_subparser
 from mosa.cli.runs import CliError
 
-SUITES = ("speed", "accuracy", "study")
+SUITES = ("speed", "accuracy", "study", "executors")
 
 
 def add_parser(subs: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -16,13 +16,14 @@ def add_parser(subs: Subparsers, common: argparse.ArgumentParser) -> None:
     s = add_subparser(
         subs,
         "bench",
-        "benchmarks (speed, accuracy, study)",
+        "benchmarks (speed, accuracy, study, executors)",
         "Run a benchmark suite; arguments after the suite name go to the suite itself.",
         [
             "mosa bench speed --device cpu --out runs/bench_speed.json",
             "mosa bench speed --help",
             "mosa bench accuracy --out runs/bench_accuracy",
             "mosa bench study --out runs/study",
+            "mosa bench executors --out runs/bench_executors.json",
         ],
         common,
     )

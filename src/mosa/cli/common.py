@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mosa.cli.runs import CliError
+from mosa.executors import EXECUTORS, ExecutorOptions
 
 DEFAULT_DATA_ROOT = "data/vtab"
 
@@ -99,3 +100,54 @@ def trainable_and_seconds(summary: dict[str, Any]) -> tuple[Any, Any]:
     trainable = find(summary, "trainable_params", "trainable")
     seconds = find(summary, "wall_time_s", "wall_time", "wall_s", "time_s")
     return trainable, seconds
+
+
+def add_executor_arguments(p: argparse.ArgumentParser, jobs: int = 1) -> None:
+    """``--executor``, ``--jobs``, ``--threads``, ``--ray-address``, per-run resources and
+    ``--max-retries``: where the runs of a grid train (see :class:`ExecutorOptions`)."""
+    g = p.add_argument_group("where the runs train")
+    g.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default=None,
+        help="local: processes on this machine (default); ray: Ray tasks on a local instance "
+        "or, with --ray-address, a cluster (pip install 'mosa[ray]')",
+    )
+    g.add_argument(
+        "--jobs",
+        type=int,
+        default=jobs,
+        help=f"runs at once on this machine (default {jobs}; 1 trains in this process); "
+        "a local Ray instance gets JOBS x --cpus-per-run CPUs",
+    )
+    g.add_argument(
+        "--threads", type=int, help="torch threads per run (default: the cores shared by --jobs)"
+    )
+    g.add_argument(
+        "--ray-address", metavar="ADDR", help="join this Ray cluster (implies --executor ray)"
+    )
+    g.add_argument("--cpus-per-run", type=float, default=1.0, help="Ray: CPUs per run")
+    g.add_argument(
+        "--gpus-per-run", type=float, default=0.0, help="Ray: GPUs per run (0.25: four per GPU)"
+    )
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        help="times a run is tried again when its worker or node dies (default 2); a run "
+        "that fails by itself is never retried",
+    )
+
+
+def executor_options(args: argparse.Namespace) -> ExecutorOptions:
+    """The :class:`ExecutorOptions` of parsed :func:`add_executor_arguments` options."""
+    executor = args.executor or ("ray" if args.ray_address else "local")
+    return ExecutorOptions(
+        executor=executor,
+        jobs=args.jobs,
+        threads=args.threads,
+        ray_address=args.ray_address,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        max_retries=args.max_retries,
+    )

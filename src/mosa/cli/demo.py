@@ -16,8 +16,8 @@ from mosa.cli.common import (
     fmt_acc,
     trainable_and_seconds,
 )
+from mosa.executors import run_one
 from mosa.recipes import load_config
-from mosa.recipes.sweep import run_one
 
 METHODS = ("mosa", "adapter", "linear")
 

@@ -21,6 +21,7 @@ from mosa.cli.runs import CliError
 from mosa.config import ConfigError
 from mosa.data.errors import DataError
 from mosa.engine.errors import TrainingError
+from mosa.executors import GridError
 from mosa.results.aggregate import ResultsError
 from mosa.runs import UsageError
 
@@ -35,6 +36,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError,
     CheckpointError,
     FileNotFoundError,
+    GridError,
     ResultsError,
     CliError,
     TrainingError,

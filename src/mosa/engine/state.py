@@ -143,6 +143,9 @@ def save_last(
         os.replace(tmp, final)
         _fsync_dir(out)
         shutil.rmtree(old, ignore_errors=True)
+        # half-written folders of a process killed while it saved (one process writes a run)
+        for stale in out.glob(".last.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         return final
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -490,6 +490,8 @@ class _Run:
         self._check_routing(f"epoch {epoch}")
         self._check_finite(record, epoch, steps, state.global_step)
         record["epoch_seconds"] = time.perf_counter() - t0
+        if self.resumed_from_epoch is not None:  # trained by a process that resumed the run
+            record["resumed_from_epoch"] = self.resumed_from_epoch
         state.history.append(record)
         state.epoch = epoch
         # wall time of the work a checkpoint keeps: earlier processes' plus this one's so far
