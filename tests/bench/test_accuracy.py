@@ -54,7 +54,9 @@ def test_learning_rate_is_chosen_on_val_never_on_test(tmp_path, monkeypatch):
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
     protocol = _protocol(tmp_path / "data", ("t1", "t2"), ("adapter", "mosa"))
-    records = accuracy.run_protocol(protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None)
+    records = accuracy.run_protocol(
+        protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None
+    )
     # selection: 2 tasks x 2 methods x 3 lrs at seed 0; then 2 more seeds per cell
     assert len(calls) == 2 * 2 * 3 + 2 * 2 * 2
     assert len(records) == 2 * 2 * 3
@@ -170,7 +172,11 @@ def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, mo
         seen.append((len(calls), records))
 
     accuracy.run_protocol(
-        protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None, on_selection=on_selection
+        protocol,
+        tmp_path / "out",
+        options=ExecutorOptions(jobs=1),
+        log=lambda s: None,
+        on_selection=on_selection,
     )
     ((calls_then, first),) = seen
     assert calls_then == 1 * 2 * 3  # only the selection runs had trained
@@ -190,7 +196,11 @@ def test_a_first_seed_table_shows_no_spread_and_says_it_is_partial(tmp_path, mon
         tables.append(accuracy.render_markdown(table, accuracy._protocol_dict(protocol)))
 
     accuracy.run_protocol(
-        protocol, tmp_path / "out", options=ExecutorOptions(jobs=1), log=lambda s: None, on_selection=on_selection
+        protocol,
+        tmp_path / "out",
+        options=ExecutorOptions(jobs=1),
+        log=lambda s: None,
+        on_selection=on_selection,
     )
     (md,) = tables
     assert "1 seed(s) (so far: the protocol runs 3 seeds)" in md
