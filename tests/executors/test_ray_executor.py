@@ -95,6 +95,11 @@ class Cluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _nodes(log: str) -> set[str]:
+    """The nodes that progress lines name (``... trained on HOST/NODEID in 5s``)."""
+    return set(re.findall(r"(?:trained|resumed) on (\S+) in", log))
+
+
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     c = Cluster()
@@ -111,16 +116,20 @@ def test_two_nodes_one_killed_mid_run(cluster: Cluster, small_digits: Path, tmp_
     with log.open("w") as f:
         sweep = subprocess.Popen(argv, env=cluster.env, stdout=f, stderr=subprocess.STDOUT)
     try:
-        # both nodes hold a run past its first checkpoint; the second node's run is one of them
-        wait_for(lambda: len(in_flight_with_checkpoint(out)) == 2, 300, "two started runs")
+        # a run finished on each node, and both nodes hold a run past a checkpoint: the
+        # second node's run is one of them
+        wait_for(
+            lambda: len(_nodes(log.read_text())) == 2 and len(in_flight_with_checkpoint(out)) == 2,
+            300,
+            "a run finished on each node and two started runs",
+        )
         cluster.kill_second_node()
         assert sweep.wait(timeout=600) == 0, log.read_text()
     finally:
         sweep.kill()
     text = log.read_text()
     assert "2 node(s)" in text
-    nodes = set(re.findall(r"trained on (\S+)|resumed on (\S+)", text))
-    assert len({n for pair in nodes for n in pair if n}) == 2, text  # runs landed on both
+    assert len(_nodes(text)) == 2, text  # runs landed on both nodes
     summaries = {p.parent: json.loads(p.read_text()) for p in out.glob("**/summary.json")}
     assert len(summaries) == 6, text
     resumed = {d: s for d, s in summaries.items() if s["resumed_from_epoch"]}
