@@ -249,13 +249,11 @@ def run_grid(
         else:
             todo.append(r)
     progress.total = len(todo)
-    if todo:
-        _train(todo, options, progress, root)
-    else:
+    startup_s = _train(todo, options, progress, root) if todo else None
+    if not todo:
         progress.write()
-    return GridResult(
-        [progress.outcomes[r.run_dir] for r in runs if r.run_dir in progress.outcomes]
-    )
+    outcomes = [progress.outcomes[r.run_dir] for r in runs if r.run_dir in progress.outcomes]
+    return GridResult(outcomes, startup_s)
 
 
 def _train(todo: list[SweepRun], options: ExecutorOptions, progress: _Progress, root: str) -> float:
