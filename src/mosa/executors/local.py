@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import active_children, get_context
 
-from mosa.executors.grid import ExecutorOptions, Finished
+from mosa.executors.options import ExecutorOptions, Finished
 from mosa.executors.worker import execute, reach_problems
 from mosa.recipes.sweep import SweepRun
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from mosa.executors.grid import ExecutorOptions, Finished, GridError, Log
+from mosa.executors.options import ExecutorOptions, Finished, GridError, Log
 from mosa.executors.worker import execute, reach_problems
 from mosa.recipes.sweep import SweepRun
 
