@@ -175,7 +175,6 @@ from mosa.executors import ExecutorOptions
 from mosa.executors.ray_cluster import RayExecutor
 ex = RayExecutor(ExecutorOptions(executor="ray", jobs=1), log=lambda s: None)
 import ray
-pids = {str(os.getpid())}
 listen = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout.splitlines()
 ours = [ln for ln in listen if any(k in ln for k in ("raylet", "gcs_server", "ray::", f"pid={os.getpid()},"))]
 print(json.dumps({"listen": ours, "auth": os.environ.get("RAY_AUTH_MODE")}))

@@ -164,10 +164,6 @@ def train_runs(
     return result.summaries
 
 
-def _label(r: SweepRun) -> str:
-    return f"{r.task}/{r.method}/lr={r.lr:g}/seed={r.seed}"
-
-
 def _record(r: SweepRun, summary: dict[str, Any], grid: dict[str, float | None]) -> dict[str, Any]:
     params = summary.get("params") or {}
     return {

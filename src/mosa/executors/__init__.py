@@ -6,16 +6,8 @@ accuracy`` and ``mosa bench study`` all schedule their runs through here. The ru
 the truth: finished runs are read back, started ones resume from their checkpoint.
 """
 
-from mosa.executors.grid import (
-    EXECUTORS,
-    ExecutorOptions,
-    GridError,
-    GridResult,
-    RunOutcome,
-    log_line,
-    progress_note,
-    run_grid,
-)
+from mosa.executors.grid import GridResult, RunOutcome, log_line, progress_note, run_grid
+from mosa.executors.options import EXECUTORS, ExecutorOptions, GridError
 from mosa.executors.worker import config_differences, run_one, run_status
 
 __all__ = [

@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mosa.executors.options import EXECUTORS, ExecutorOptions, Finished, GridError, Log
+from mosa.executors.options import ExecutorOptions, Finished, GridError, Log
 from mosa.executors.worker import run_status
 from mosa.io import atomic_write_json
 from mosa.recipes.sweep import SweepRun, run_dir_name
 
 __all__ = [
-    "EXECUTORS",
-    "ExecutorOptions",
-    "GridError",
     "GridResult",
     "RunOutcome",
     "log_line",
