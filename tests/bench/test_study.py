@@ -15,22 +15,30 @@ def _fake_run_one(calls: list[dict[str, Any]]):
     # study that peeks at test would choose other learning rates and another best MoSA
     def run_one(config):
         lr = config.optim.lr
-        grid = study.LONG_LRS if config.optim.epochs == 24 else study.SHORT_LRS
-        top = lr == max(grid)
+        top = lr == max(_grid(config))
         n2 = config.method.is_mosa and config.method.num_experts == 2
         calls.append({"lr": lr, "seed": config.seed, "out": config.out})
+        test = (0.5 if top else 0.9) - (0.2 if n2 else 0.0) + 0.01 * config.seed
         summary = {
             "val_acc": (0.8 if top else 0.6) + (0.1 if n2 else 0.0),
-            "test_acc": (0.5 if top else 0.9) - (0.2 if n2 else 0.0) + 0.01 * config.seed,
+            "test_acc": test,
             "final_train_acc": 1.0,
             "params": {"trainable": 10},
             "wall_time_s": 1.0,
         }
+        if config.eval.test_every_epoch:  # the record peaks before the last epoch
+            summary.update(test_by_epoch=[0.3, test + 0.02, test], test_by_epoch_seconds=0.25)
         Path(config.out).mkdir(parents=True)  # as the engine does: a finished run's folder
         (Path(config.out) / "summary.json").write_text(json.dumps(summary))
         return "new", summary
 
     return run_one
+
+
+def _grid(config) -> tuple[float, ...]:
+    if config.optim.epochs == 100:
+        return study.FULL_LRS if config.method.method == "full" else study.PAPER_LRS
+    return study.LONG_LRS if config.optim.epochs == 24 else study.SHORT_LRS
 
 
 def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch) -> None:
@@ -45,7 +53,7 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     for setting, variants in study.BLOCKS:
         assert {(setting, v.name) for v in variants} <= cells
     for r in recs:  # the val winner of its grid, with the grid's val accuracies kept
-        grid = study.SETTINGS[r["setting"]].lrs
+        grid = study.SETTINGS[r["setting"]].lrs_of(r["variant"])
         assert r["lr"] == max(grid), r
         # val chose the grid's top end, so the grid grew past it once (and val kept its choice)
         assert set(r["val_by_lr"]) == {f"{lr:g}" for lr in (*grid, 2 * max(grid))}
@@ -60,7 +68,23 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     # no run trained twice, and seeds > 0 only at the chosen learning rate
     outs = [c["out"] for c in calls]
     assert len(outs) == len(set(outs))
-    assert all(c["lr"] == max(study.SHORT_LRS) for c in calls if c["seed"] > 0)
+    clean_seeds = {(Path(r["run_dir"]), r["lr"]) for r in recs if r["seed"] > 0}
+    assert all(lr == max(study.SETTINGS[p.parts[-5]].lrs_of(p.parts[-3])) for p, lr in clean_seeds)
+    # the reference protocol: best test over epochs and lrs, reported beside, choosing nothing
+    refs = res["reference_records"]
+    assert {r["setting"] for r in refs} == set(study.PROTOCOL_SETTINGS)
+    for r in refs:
+        assert r["lr"] == min(study.SETTINGS[r["setting"]].lrs_of(r["variant"])), r
+        assert r["epoch"] == 2
+    ref_rows = {(r["setting"], r["variant"]): r for r in res["reference_rows"]}
+    assert ref_rows[("paper", "mosa_best")]["seeds"] == 3
+    assert "selection on test" in (tmp_path / "out" / "study.md").read_text()
+    assert res["protocol"]["test_record_cost"]["paper"] > 0
+    # the regimes: sharing levels with 10 shots, full fine-tuning in the paper's schedule
+    cells = {(r["setting"], r["variant"]) for r in recs}
+    assert {("shots10", v.name) for v in study.SHARING} <= cells
+    assert ("paper", "full") in cells and ("long", "mosa_best") in cells
+    assert (tmp_path / "out" / "study_trend.png").stat().st_size > 1000
     rows = {(r["setting"], r["variant"]): r for r in res["rows"]}
     assert rows[("base", "mosa_best")]["gap_test"] < 0  # reported, though test disagrees
     assert rows[("base", "mosa_best")]["seeds"] == 3
@@ -70,3 +94,34 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     n = len(calls)
     assert study.main([*argv, "--out", str(tmp_path / "out")]) == 0
     assert len(calls) == n
+
+
+def test_runs_without_the_test_record_are_rerun_beside_and_never_replaced(
+    tmp_path: Path, monkeypatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
+    (tmp_path / "data" / "t1").mkdir(parents=True)
+    opts = study.ExecutorOptions(jobs=1)
+    s = study.Study(tmp_path, str(tmp_path / "data"), ("t1",), opts, lambda _: None)
+    # a finished run from before the per-epoch test record existed
+    cell = s._cell("base", study.ADAPTER, "t1")
+    old = {}
+    for r in cell.grid:  # val chose the middle of the grid
+        old[r.run_dir] = {"val_acc": 0.8 if r.lr == 2e-2 else 0.6, "test_acc": 0.5}
+        r.run_dir.mkdir(parents=True)
+        (r.run_dir / "summary.json").write_text(json.dumps(old[r.run_dir]))
+    s.run_block("base", [study.ADAPTER])
+    assert not calls and s.reference_lr(cell) is None
+    s.record_tests("base", [study.ADAPTER])
+    assert sorted(Path(c["out"]).parent for c in calls) == sorted(
+        tmp_path / "rerun" / r.run_dir.relative_to(tmp_path / "runs").parent for r in cell.grid
+    )
+    for r in cell.grid:  # the original stays as it was
+        assert json.loads((r.run_dir / "summary.json").read_text()) == old[r.run_dir]
+    assert s.reference_lr(cell) == min(study.SHORT_LRS)  # test's choice: a record only
+    assert s.chosen(cell).lr == 2e-2  # val's choice is unchanged
+    # the fake's re-runs report other finals than the originals: the agreement says so
+    assert s.rerun_agreement() == (0, 3)
+    s.record_tests("base", [study.ADAPTER])
+    assert len(calls) == 3  # nothing re-run twice

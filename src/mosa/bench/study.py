@@ -12,23 +12,43 @@ val accuracy (mean over tasks) beat the paper's are combined into ``mosa_best``,
 finalists (adapter, adapter + consistency, the paper's MoSA, ``mosa_best``) run two more seeds
 in the base setting and in the setting where the paper's MoSA came closest to the adapter on
 val.
+After the screen, the paper's own regimes: sharing levels x N with 10 images per class, our
+best MoSA over 24 epochs, and the published VTAB schedule (``paper``: 100 epochs, 10 warm-up,
+batch 128, weight decay 0.01) with full fine-tuning as the regime indicator.
+
+Every run also records its test accuracy after each epoch (``eval.test_every_epoch``), which
+nothing here reads to choose: it gives the reference protocol (the best test accuracy over
+epochs and learning rates, as the paper's code reports) beside ours. Runs from before that
+record existed are re-run for it under ``OUT/rerun/``.
+
 Every run is a folder (``OUT/runs/<setting>/<task>/<variant>/lr<lr>/seed<seed>``), so a killed
-study resumes; ``study.json`` / ``study.md`` / ``study.png`` are rewritten after every block.
+study resumes; ``study.json`` / ``study.md`` / ``study.png`` / ``study_trend.png`` are
+rewritten after every block.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mosa.bench.accuracy import Variant, default_jobs, task_root, train_runs
 from mosa.bench.accuracy import plan_run as plan_variant
+from mosa.bench.study_report import (
+    gaps,
+    plot,
+    plot_trend,
+    render,
+    render_costs,
+    render_curves,
+    render_protocols,
+    train_curves,
+)
 from mosa.cli.common import add_executor_arguments, executor_options
 from mosa.executors import ExecutorOptions, log_line
 from mosa.io import atomic_write_bytes, atomic_write_json
@@ -46,6 +66,11 @@ class Setting:
     overrides: tuple[str, ...]
     lrs: tuple[float, ...]
     note: str
+    variant_lrs: tuple[tuple[str, tuple[float, ...]], ...] = ()  # a variant's own grid
+
+    def lrs_of(self, variant: str) -> tuple[float, ...]:
+        """The learning-rate grid ``variant`` starts from in this setting."""
+        return dict(self.variant_lrs).get(variant, self.lrs)
 
 
 ADAPTER = Variant("adapter", "methods/adapter", ("optim.eps=1e-6",))
@@ -58,6 +83,8 @@ LORA_CONS = Variant(
     "lora_cons", "methods/lora", ("optim.eps=1e-6", "method.rank=8", "optim.consistency=1.0")
 )
 MOSA_LORA_PAPER = Variant("mosa_lora_paper", "methods/mosa_lora_paper", ("method.rank=8",))
+# the regime indicator: in the paper's regime full fine-tuning over-fits below the adapter
+FULL = Variant("full", "methods/full", ("optim.eps=1e-6",))
 
 # one factor at a time, each from the paper's MoSA
 KNOBS: tuple[Variant, ...] = (
@@ -73,8 +100,29 @@ KNOBS: tuple[Variant, ...] = (
     Variant("mosa_lr_x4", "methods/mosa_paper", ("optim.expert_lr_scale=4",), "expert_lr_scale=4"),
 )
 
+# the sharing levels x N where data is scarce (share=down, N=4 is the paper's MoSA itself)
+SHARING: tuple[Variant, ...] = (
+    KNOBS[0],  # mosa_n2
+    KNOBS[2],  # mosa_share_up
+    KNOBS[3],  # mosa_share_none
+    Variant(
+        "mosa_share_up_n2",
+        "methods/mosa_paper",
+        ("method.share=up", "method.num_experts=2"),
+        "share=up, num_experts=2",
+    ),
+    Variant(
+        "mosa_share_none_n2",
+        "methods/mosa_paper",
+        ("method.share=none", "method.num_experts=2"),
+        "share=none, num_experts=2",
+    ),
+)
+
 SHORT_LRS = (1e-2, 2e-2, 4e-2)
 LONG_LRS = (5e-3, 1e-2, 2e-2)
+PAPER_LRS = (5e-3, 1e-2, 2e-2)
+FULL_LRS = (1e-4, 2e-4, 4e-4)
 SETTINGS = {
     "base": Setting(
         "base",
@@ -96,7 +144,22 @@ SETTINGS = {
         SHORT_LRS,
         "bottleneck 64",
     ),
+    # the published vtab/* schedule (recipes/_vitb16.yaml) on the study's tasks and images
+    "paper": Setting(
+        "paper",
+        (
+            "optim.epochs=100",
+            "optim.warmup_epochs=10",
+            "optim.batch_size=128",
+            "optim.weight_decay=0.01",
+        ),
+        PAPER_LRS,
+        "the published VTAB-1k schedule: 100 epochs, 10 warm-up, batch 128, weight decay 0.01",
+        (("full", FULL_LRS),),
+    ),
 }
+# the settings of the screen (the regime blocks come after it)
+SCREEN_SETTINGS = ("base", "long", "shots10", "b64")
 # (setting, variants) in the order they run: the control and the knobs first
 BLOCKS: tuple[tuple[str, tuple[Variant, ...]], ...] = (
     ("base", (ADAPTER, ADAPTER_CONS, MOSA_PAPER, *KNOBS)),
@@ -117,7 +180,10 @@ COMMON = (
     "data.test_split=test",
     "optim.batch_size=64",
     "method.bottleneck=8",
+    "eval.test_every_epoch=true",  # a record for the reference protocol; never chooses
 )
+# the cells that get both protocols' figures
+PROTOCOL_SETTINGS = ("base", "long", "shots10", "paper")
 
 
 @dataclass
@@ -129,6 +195,7 @@ class Cell:
     task: str
     grid: list[SweepRun] = field(default_factory=list)
     seeds: list[SweepRun] = field(default_factory=list)
+    ref_seeds: list[SweepRun] = field(default_factory=list)  # at the lr test chose (record)
 
 
 def plan_run(
@@ -169,7 +236,10 @@ class Study:
         key = (setting, variant.name, task)
         if key not in self.cells:
             s = SETTINGS[setting]
-            grid = [plan_run(s, variant, task, lr, 0, self.data_root, self.out) for lr in s.lrs]
+            grid = [
+                plan_run(s, variant, task, lr, 0, self.data_root, self.out)
+                for lr in s.lrs_of(variant.name)
+            ]
             self.cells[key] = Cell(setting, variant, task, grid)
         return self.cells[key]
 
@@ -235,11 +305,16 @@ class Study:
     def best_setting(self) -> str:
         """The setting where the paper's MoSA comes closest to the adapter on val."""
         gaps = {}
-        for setting in SETTINGS:
+        for setting in SCREEN_SETTINGS:
             a, m = self.mean_val(setting, ADAPTER.name), self.mean_val(setting, MOSA_PAPER.name)
             if a is not None and m is not None:
                 gaps[setting] = m - a
         return max(gaps, key=gaps.__getitem__) if gaps else "base"
+
+    def val_winner(self, setting: str, variants: Sequence[Variant]) -> Variant | None:
+        """The variant with the best mean val accuracy in ``setting`` (None before its runs)."""
+        scored = [(m, v) for v in variants if (m := self.mean_val(setting, v.name)) is not None]
+        return max(scored, key=lambda mv: mv[0])[1] if scored else None
 
     def mean_val(self, setting: str, variant: str) -> float | None:
         vals = []
@@ -277,171 +352,170 @@ class Study:
                         "trainable_params": (summ.get("params") or {}).get("trainable"),
                         "wall_s": summ.get("wall_time_s"),
                         "val_by_lr": grid,
+                        "test_by_epoch": self.test_record(r),
                         "run_dir": str(r.run_dir),
                     }
                 )
         return out
 
+    # ------------------------------------------------------------------ the reference protocol
+    def rerun_of(self, run: SweepRun) -> SweepRun:
+        """``run`` again with the per-epoch test record, in ``OUT/rerun/`` (a run from before
+        the record existed; with 1 thread it trains to the same weights)."""
+        config = copy.deepcopy(run.config)
+        config.eval.test_every_epoch = True
+        rerun_dir = self.out / "rerun" / run.run_dir.relative_to(self.out / "runs")
+        config.out = str(rerun_dir)
+        return replace(run, run_dir=rerun_dir, config=config)
 
-# ---------------------------------------------------------------------------- tables and plot
-def gaps(records: list[dict[str, Any]], reference: str = "adapter") -> list[dict[str, Any]]:
-    """Per setting x variant: mean test and val over tasks (seed-averaged per task), and the
-    gap to ``reference`` (adapter, or lora for LoRA variants) with the seed spread."""
-    by: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
-    for r in records:
-        by.setdefault((r["setting"], r["variant"]), {}).setdefault(r["task"], []).append(r)
-    rows = []
-    for (setting, variant), tasks in by.items():
-        ref_name = "lora" if "lora" in variant else reference
-        ref = by.get((setting, ref_name))
-        row = {"setting": setting, "variant": variant, "tasks": len(tasks)}
-        row["test"] = statistics.fmean(_task_means(tasks, "test_acc"))
-        row["val"] = statistics.fmean(_task_means(tasks, "val_acc"))
-        row["seeds"] = min(len(v) for v in tasks.values())
-        row["knob"] = next(iter(tasks.values()))[0]["knob"]
-        if ref and set(ref) == set(tasks):
-            diffs = _seed_diffs(tasks, ref)
-            row["gap_test"] = statistics.fmean(diffs) if diffs else None
-            row["gap_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
-            row["gap_val"] = row["val"] - statistics.fmean(_task_means(ref, "val_acc"))
-            row["reference"] = ref_name
-        rows.append(row)
-    return rows
+    def test_record(self, run: SweepRun) -> list[float] | None:
+        """``run``'s test accuracy after each epoch, from the run or its re-run (a record)."""
+        for d in (run.run_dir, self.rerun_of(run).run_dir):
+            record = self.done.get(d, {}).get("test_by_epoch")
+            if record:
+                return record
+        return None
 
+    def record_tests(self, setting: str, variants: Sequence[Variant]) -> None:
+        """Re-run, for the per-epoch test record, the runs of these cells that lack it."""
+        todo = []
+        for v in variants:
+            for t in self.tasks:
+                cell = self.cells.get((setting, v.name, t))
+                runs = [*cell.grid, *cell.seeds, *cell.ref_seeds] if cell else []
+                todo += [
+                    self.rerun_of(r)
+                    for r in runs
+                    if r.run_dir in self.done and self.test_record(r) is None
+                ]
+        if todo:
+            self.log(f"re-running {len(todo)} run(s) of {setting} for the per-epoch test record")
+            self.done.update(train_runs(todo, self.options, self.log))
 
-def _task_means(tasks: dict[str, list[dict[str, Any]]], key: str) -> list[float]:
-    return [100 * statistics.fmean(r[key] for r in recs) for recs in tasks.values()]
+    def reference_lr(self, cell: Cell) -> float | None:
+        """The lr whose seed-0 run reached the best test accuracy at any epoch: the
+        reference protocol's choice (selection on test, for comparison only)."""
+        records = [(self.test_record(r), r.lr) for r in cell.grid if r.run_dir in self.done]
+        if len(records) < len(cell.grid) or any(rec is None for rec, _ in records):
+            return None
+        return max(records, key=lambda rl: (max(rl[0]), -rl[1]))[1]
 
+    def run_reference_seeds(
+        self, setting: str, variants: Sequence[Variant], seeds: Sequence[int]
+    ) -> None:
+        """The extra seeds at the reference protocol's lr (the same runs as the clean
+        protocol's where both chose the same lr)."""
+        todo = []
+        for v in variants:
+            for t in self.tasks:
+                cell = self.cells.get((setting, v.name, t))
+                lr = self.reference_lr(cell) if cell else None
+                if lr is None:
+                    continue
+                s = SETTINGS[setting]
+                cell.ref_seeds = [
+                    plan_run(s, v, t, lr, seed, self.data_root, self.out) for seed in seeds
+                ]
+                todo += cell.ref_seeds
+        self.done.update(train_runs(todo, self.options, self.log))
 
-def _seed_diffs(
-    a: dict[str, list[dict[str, Any]]], b: dict[str, list[dict[str, Any]]]
-) -> list[float]:
-    """Task-mean test gap (points) for each seed both sides have."""
-    seeds = set.intersection(*[{r["seed"] for r in v} for v in (*a.values(), *b.values())])
-    out = []
-    for s in sorted(seeds):
-        d = [100 * (_at(a[t], s)["test_acc"] - _at(b[t], s)["test_acc"]) for t in a]
-        out.append(statistics.fmean(d))
-    return out
+    def reference_records(self) -> list[dict[str, Any]]:
+        """Per cell and seed: the best test accuracy over epochs (seed 0: and over the grid)."""
+        out = []
+        for cell in self.cells.values():
+            lr = self.reference_lr(cell)
+            if cell.setting not in PROTOCOL_SETTINGS or lr is None:
+                continue
+            at_lr = [r for r in cell.grid if r.lr == lr][:1] + cell.ref_seeds
+            for r in at_lr:
+                record = self.test_record(r) if r.run_dir in self.done else None
+                if record is None:
+                    continue
+                best = max(range(len(record)), key=record.__getitem__)
+                out.append(
+                    {
+                        "setting": cell.setting,
+                        "variant": cell.variant.name,
+                        "knob": cell.variant.knob,
+                        "task": cell.task,
+                        "seed": r.seed,
+                        "lr": lr,
+                        "epoch": best + 1,
+                        "test_acc": record[best],
+                        "run_dir": str(r.run_dir),
+                    }
+                )
+        return out
 
+    def rerun_agreement(self) -> tuple[int, int]:
+        """(re-runs whose final val and test accuracy equal their original's, re-runs)."""
+        same = total = 0
+        for cell in self.cells.values():
+            for r in [*cell.grid, *cell.seeds, *cell.ref_seeds]:
+                rerun = self.done.get(self.rerun_of(r).run_dir)
+                if rerun is None or r.run_dir not in self.done:
+                    continue
+                total += 1
+                orig = self.done[r.run_dir]
+                same += all(orig.get(k) == rerun.get(k) for k in ("val_acc", "test_acc"))
+        return same, total
 
-def _at(recs: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    return next(r for r in recs if r["seed"] == seed)
-
-
-def render(rows: list[dict[str, Any]], records: list[dict[str, Any]], tasks: Sequence[str]) -> str:
-    lines = [
-        "| setting | variant | knob | seeds | val % | test % | test gap to adapter/LoRA (± seed std) |",
-        "|---|---|---|:---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        gap = r.get("gap_test")
-        g = (
-            "—"
-            if gap is None
-            else f"{gap:+.1f}" + (f" ± {r['gap_std']:.1f}" if r.get("gap_std") is not None else "")
-        )
-        lines.append(
-            f"| {r['setting']} | {r['variant']} | {r['knob'] or ''} | {r['seeds']} | "
-            f"{r['val']:.1f} | {r['test']:.1f} | {g} |"
-        )
-    lines += ["", "Per task (test %, seed 0 at the lr chosen on val; lr in brackets):", ""]
-    lines += [
-        "| setting | variant | " + " | ".join(tasks) + " |",
-        "|---|---|" + "|".join("---:" for _ in tasks) + "|",
-    ]
-    by: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for rec in records:
-        if rec["seed"] == 0:
-            by.setdefault((rec["setting"], rec["variant"]), {})[rec["task"]] = rec
-    for (setting, variant), t in by.items():
-        cells = [f"{100 * t[k]['test_acc']:.1f} ({t[k]['lr']:g})" if k in t else "—" for k in tasks]
-        lines.append(f"| {setting} | {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _render_curves(curves: dict[str, Any]) -> str:
-    if not curves:
-        return ""
-    lines = ["", "Plain adapter: train accuracy (%) after each epoch (chosen lr, seed 0):", ""]
-    for setting, tasks in curves.items():
-        for task, accs in tasks.items():
-            lines.append(f"- {setting} / {task}: " + ", ".join(f"{a:g}" for a in accs))
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """The test gap to the adapter (or LoRA) per setting x variant, with seed std bars."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [
-        r for r in rows if r.get("gap_test") is not None and r["variant"] not in ("adapter", "lora")
-    ]
-    labels = [f"{r['setting']}: {r['variant']}" for r in rows]
-    ys = [r["gap_test"] for r in rows]
-    errs = [r.get("gap_std") or 0.0 for r in rows]
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.6))
-    colours = ["tab:green" if y > 0 else "tab:red" for y in ys]
-    ax.barh(range(len(rows)), ys, xerr=errs, color=colours, capsize=2)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("test top-1 gap to the plain adapter (LoRA rows: to LoRA), points, task mean")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def train_curves(records: list[dict[str, Any]], variant: str = "adapter") -> dict[str, Any]:
-    """Per setting and task: ``variant``'s train accuracy (%) after each epoch of its chosen
-    seed-0 run (from its ``metrics.jsonl``), to see where the schedule saturates it."""
-    curves: dict[str, Any] = {}
-    for r in records:
-        path = Path(r["run_dir"]) / "metrics.jsonl"
-        if r["variant"] != variant or r["seed"] != 0 or not path.is_file():
-            continue
-        lines = path.read_text().splitlines()
-        accs = [round(100 * json.loads(ln)["train_acc"], 1) for ln in lines if ln.strip()]
-        curves.setdefault(r["setting"], {})[r["task"]] = accs
-    return curves
+    def test_record_cost(self) -> dict[str, float]:
+        """Per setting: seconds of per-epoch test evaluation over its runs' wall seconds."""
+        spent: dict[str, list[float]] = {}
+        for (setting, _, _), cell in self.cells.items():
+            for r in [*cell.grid, *cell.seeds]:
+                summ = self.done.get(r.run_dir, {})
+                if summ.get("test_by_epoch_seconds") and summ.get("wall_time_s"):
+                    acc = spent.setdefault(setting, [0.0, 0.0])
+                    acc[0] += summ["test_by_epoch_seconds"]
+                    acc[1] += summ["wall_time_s"]
+        return {s: t / w for s, (t, w) in spent.items() if w > 0}
 
 
 def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     records = study.records()
     rows = gaps(records)
+    reference = study.reference_records()
+    ref_rows = [r for r in gaps(reference) if r["setting"] in PROTOCOL_SETTINGS]
+    same, reruns = study.rerun_agreement()
     protocol = {
         "tasks": list(study.tasks),
         "settings": {
-            k: {"overrides": list(s.overrides), "lrs": list(s.lrs), "note": s.note}
+            k: {
+                "overrides": list(s.overrides),
+                "lrs": list(s.lrs),
+                "variant_lrs": {v: list(g) for v, g in s.variant_lrs},
+                "note": s.note,
+            }
             for k, s in SETTINGS.items()
         },
         "common": list(COMMON),
         "selection": "lr with the best val200 accuracy at seed 0 (ties: smaller lr; a grid end "
         "chosen on val extends the grid by x2 or /2, up to twice); test never chooses",
         "mosa_best": "the paper's MoSA plus every knob whose base-setting val mean beat the paper's",
+        "reference_protocol": "for comparison only, selection on test: seed 0's best test "
+        "accuracy over every epoch and lr of its grid; other seeds: their best epoch at that lr",
+        "reruns": f"{same} of {reruns} re-runs for the test record reproduced their original's "
+        "final val and test accuracy exactly",
+        "test_record_cost": study.test_record_cost(),
         "backbone": "mosa_vit_fmnist",
         "wall_s": round(elapsed),
     }
     curves = train_curves(records)
-    atomic_write_json(
-        out / "study.json",
-        {"protocol": protocol, "rows": rows, "records": records, "adapter_train_acc": curves},
-    )
-    md = render(rows, records, study.tasks) + _render_curves(curves)
+    doc = {"protocol": protocol, "rows": rows, "reference_rows": ref_rows, "records": records}
+    doc["reference_records"] = reference
+    doc["adapter_train_acc"] = curves
+    atomic_write_json(out / "study.json", doc)
+    md = render(rows, records, study.tasks) + render_protocols(rows, ref_rows)
+    if reruns:
+        md += f"\n{protocol['reruns']}.\n"
+    md += render_costs(study.test_record_cost()) + render_curves(curves)
     atomic_write_bytes(out / "study.md", md.encode())
     png = (
         plot(rows, out / "study.png") if any(r.get("gap_test") is not None for r in rows) else None
     )
+    plot_trend(rows, out / "study_trend.png")
     return {
         "json": out / "study.json",
         "markdown": out / "study.md",
@@ -488,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write(study, out, time.perf_counter() - start)
         if i == FINALS_AFTER - 1 and not (args.quick or args.no_seeds):
             _finals(study, out, start)
+    if not args.quick:
+        _regimes(study, lambda: write(study, out, time.perf_counter() - start), not args.no_seeds)
     return _report(study, out, start)
 
 
@@ -501,6 +577,45 @@ def _finals(study: Study, out: Path, start: float) -> None:
             study.run_block(setting, [best])
         study.run_seeds(setting, finalists, FINAL_SEEDS)
         write(study, out, time.perf_counter() - start)
+
+
+def _regimes(study: Study, save: Callable[[], object], seeds: bool) -> None:
+    """The paper's own regimes, cheapest first: sharing levels x N with 10 images per class,
+    both protocols for base and 10 shots, our best MoSA over 24 epochs, the published
+    100-epoch schedule, then both protocols for those two."""
+    best = study.best_combination()
+    bests = [best] if best else []
+    finalists = [ADAPTER, MOSA_PAPER, *bests]
+    study.run_block("shots10", SHARING)
+    winner = study.val_winner("shots10", [MOSA_PAPER, *SHARING])
+    if seeds and winner is not None:
+        study.run_seeds("shots10", [ADAPTER, winner], FINAL_SEEDS)
+    save()
+    for setting in ("base", "shots10"):
+        _protocols(study, setting, bests, seeds)
+        save()
+    study.run_block("long", bests)
+    if seeds:
+        study.run_seeds("long", finalists, FINAL_SEEDS)
+    save()
+    study.run_block("paper", [ADAPTER, ADAPTER_CONS, FULL, MOSA_PAPER, *bests])
+    save()
+    if seeds:
+        study.run_seeds("paper", finalists, FINAL_SEEDS)
+        save()
+    for setting in ("long", "paper"):
+        _protocols(study, setting, bests, seeds)
+        save()
+
+
+def _protocols(study: Study, setting: str, bests: list[Variant], seeds: bool) -> None:
+    """The per-epoch test record of the adapter, its consistency control and the MoSAs in
+    ``setting`` (re-running older runs), with the extra seeds at the lr test chose."""
+    variants = [ADAPTER, ADAPTER_CONS, MOSA_PAPER, *bests]
+    study.record_tests(setting, variants)
+    if seeds:
+        study.run_reference_seeds(setting, variants, FINAL_SEEDS)
+        study.record_tests(setting, variants)
 
 
 def _report(study: Study, out: Path, start: float) -> int:

@@ -140,6 +140,26 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What is measured besides the val split that chooses."""
+
+    # score the test split after every epoch too, into metrics.jsonl and the summary's
+    # ``test_by_epoch``: a record for comparison with protocols that select on test; nothing
+    # in mosa reads it to choose a checkpoint, a learning rate or a knob
+    test_every_epoch: bool = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> EvalConfig:
+        _check_keys(cls, kwargs)
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.test_every_epoch, bool):
+            raise ConfigError(
+                f"eval.test_every_epoch must be true or false, got {self.test_every_epoch!r}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """Everything one ``mosa train`` run needs. ``data`` is one data set, or several for
     multi-task training (one shared adapter, one head per task)."""
@@ -151,6 +171,7 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     data: list[DataConfig] = field(default_factory=lambda: [DataConfig()])
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 3407
     out: str = "runs/run"
     device: str = "auto"  # auto: cuda when available
@@ -170,6 +191,8 @@ class TrainConfig:
             self.method = MethodConfig.from_dict(self.method)
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**_legacy_optim(self.optim))
+        if isinstance(self.eval, dict):
+            self.eval = EvalConfig(**self.eval)
         if isinstance(self.data, (dict, DataConfig)):
             self.data = [self.data]
         self.data = [DataConfig(**d) if isinstance(d, dict) else d for d in self.data]

@@ -99,6 +99,18 @@ def epoch_record(
     }
 
 
+def test_by_epoch(history: list[dict[str, Any]], on: bool) -> dict[str, Any]:
+    """With ``eval.test_every_epoch``: the test accuracy after each epoch and the seconds
+    those evaluations took, as a record for comparison only (nothing selects on it)."""
+    if not on:
+        return {}
+    return {
+        "test_by_epoch": [r.get("test_acc") for r in history],
+        "test_by_epoch_seconds": sum(r.get("test_seconds") or 0.0 for r in history),
+        "test_by_epoch_note": "record only: the reported model is the final one, chosen by val",
+    }
+
+
 def _acc(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 

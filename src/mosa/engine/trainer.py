@@ -103,7 +103,7 @@ DatasetsArg = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 # compile (and its backend) only changes how the same forward runs: float rounding at most;
 # checkpoints written before these keys existed resume as eager runs.
 RESUMABLE_CHANGES = (
-    "out", "checkpoint_every", "device", "num_workers", "compile", "compile_backend",
+    "out", "checkpoint_every", "device", "num_workers", "compile", "compile_backend", "eval",
 )  # fmt: skip
 
 CONFIG_JSON = "config.json"
@@ -365,6 +365,13 @@ class _Run:
                 if task.val is not None
                 else None
             )
+        # record-only test scores per epoch (eval.test_every_epoch): never read to choose
+        self.epoch_test_loaders = [
+            eval_loader(task.test, self.local_batch, info, cfg.num_workers)
+            if cfg.eval.test_every_epoch and task.test is not None
+            else None
+            for task in tasks
+        ]
         self.task_steps = [len(s) for s in self.streams]
         self.steps_per_epoch = sum(self.task_steps)  # per epoch, whatever the sampling rule
 
@@ -489,6 +496,7 @@ class _Run:
         )
         self._check_routing(f"epoch {epoch}")
         self._check_finite(record, epoch, steps, state.global_step)
+        self._record_test(record)
         record["epoch_seconds"] = time.perf_counter() - t0
         if self.resumed_from_epoch is not None:  # trained by a process that resumed the run
             record["resumed_from_epoch"] = self.resumed_from_epoch
@@ -505,6 +513,21 @@ class _Run:
             self._save_checkpoint(epoch, state)
         if self.on_epoch_end is not None:
             self.on_epoch_end(dict(record))
+
+    def _record_test(self, record: dict[str, Any]) -> None:
+        """With ``eval.test_every_epoch``: each task's test accuracy after this epoch, for the
+        record only (``test_acc``; multi-task: the mean) and the seconds it took."""
+        if not any(loader is not None for loader in self.epoch_test_loaders):
+            return
+        t0 = time.perf_counter()
+        accs = []
+        for i, task in enumerate(self.tasks):
+            test = self._evaluate(i, self.epoch_test_loaders[i])
+            record["tasks"][task.name]["test_acc"] = test["acc"] if test else None
+            if test:
+                accs.append(test["acc"])
+        record["test_acc"] = sum(accs) / len(accs)
+        record["test_seconds"] = time.perf_counter() - t0
 
     def _train_steps(
         self, epoch: int, state: TrainState
@@ -790,6 +813,7 @@ class _Run:
             "best_val_acc": best_acc,
             "best_val_epoch": best_epoch,
             "best_val_note": "for information only: the reported model is the final one",
+            **records.test_by_epoch(history, cfg.eval.test_every_epoch),
             "final_train_loss": last.get("train_loss"),
             "final_train_acc": last.get("train_acc"),
             "tasks": tasks,

@@ -1,0 +1,249 @@
+"""``mosa bench study``'s tables and plots, from its records (``docs/study.json``).
+
+Two protocols side by side. *Clean* (ours): the final model at the learning rate val chose.
+*Reference* (the paper's code): the best test accuracy over epochs and learning rates, which
+selects on test and is shown for comparison only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mosa.io import atomic_write_bytes
+
+Records = list[dict[str, Any]]
+# the trend picture: the regimes it places on each axis (setting -> x value)
+EPOCH_AXIS = {"base": 8, "long": 24, "paper": 100}
+DATA_AXIS = {"shots10": 10, "base": 80}  # images per class (800 images over 10 classes)
+TREND_VARIANTS = ("mosa_paper", "mosa_best")
+
+
+def gaps(records: Records, key: str = "test_acc") -> list[dict[str, Any]]:
+    """Per setting x variant: the mean of ``key`` and val over tasks (seed-averaged per task),
+    and the gap of ``key`` to the adapter (LoRA for LoRA variants) with its seed spread."""
+    by: dict[tuple[str, str], dict[str, Records]] = {}
+    for r in records:
+        by.setdefault((r["setting"], r["variant"]), {}).setdefault(r["task"], []).append(r)
+    rows = []
+    for (setting, variant), tasks in by.items():
+        ref_name = "lora" if "lora" in variant else "adapter"
+        ref = by.get((setting, ref_name))
+        row = {"setting": setting, "variant": variant, "tasks": len(tasks)}
+        row["test"] = statistics.fmean(_task_means(tasks, key))
+        vals = _task_means(tasks, "val_acc")
+        row["val"] = statistics.fmean(vals) if vals else None
+        row["seeds"] = min(len(v) for v in tasks.values())
+        row["knob"] = next(iter(tasks.values()))[0].get("knob")
+        if ref and set(ref) == set(tasks):
+            diffs = _seed_diffs(tasks, ref, key)
+            row["gap_test"] = statistics.fmean(diffs) if diffs else None
+            row["gap_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
+            if row["val"] is not None:
+                row["gap_val"] = row["val"] - statistics.fmean(_task_means(ref, "val_acc"))
+            row["reference"] = ref_name
+        rows.append(row)
+    return rows
+
+
+def _task_means(tasks: dict[str, Records], key: str) -> list[float]:
+    if any(r.get(key) is None for recs in tasks.values() for r in recs):
+        return []
+    return [100 * statistics.fmean(r[key] for r in recs) for recs in tasks.values()]
+
+
+def _seed_diffs(a: dict[str, Records], b: dict[str, Records], key: str) -> list[float]:
+    """Task-mean gap of ``key`` (points) for each seed both sides have."""
+    seeds = set.intersection(*[{r["seed"] for r in v} for v in (*a.values(), *b.values())])
+    out = []
+    for s in sorted(seeds):
+        d = [100 * (_at(a[t], s)[key] - _at(b[t], s)[key]) for t in a]
+        out.append(statistics.fmean(d))
+    return out
+
+
+def _at(recs: Records, seed: int) -> dict[str, Any]:
+    return next(r for r in recs if r["seed"] == seed)
+
+
+def _gap(row: dict[str, Any] | None) -> str:
+    if row is None or row.get("gap_test") is None:
+        return "—"
+    std = row.get("gap_std")
+    return f"{row['gap_test']:+.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def render(rows: list[dict[str, Any]], records: Records, tasks: Sequence[str]) -> str:
+    """The summary table (clean protocol) and the per-task table."""
+    lines = [
+        "| setting | variant | knob | seeds | val % | test % | test gap to adapter/LoRA (± seed std) |",
+        "|---|---|---|:---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {r['variant']} | {r['knob'] or ''} | {r['seeds']} | "
+            f"{r['val']:.1f} | {r['test']:.1f} | {_gap(r)} |"
+        )
+    lines += ["", "Per task (test %, seed 0 at the lr chosen on val; lr in brackets):", ""]
+    lines += [
+        "| setting | variant | " + " | ".join(tasks) + " |",
+        "|---|---|" + "|".join("---:" for _ in tasks) + "|",
+    ]
+    by: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for rec in records:
+        if rec["seed"] == 0:
+            by.setdefault((rec["setting"], rec["variant"]), {})[rec["task"]] = rec
+    for (setting, variant), t in by.items():
+        cells = [f"{100 * t[k]['test_acc']:.1f} ({t[k]['lr']:g})" if k in t else "—" for k in tasks]
+        lines.append(f"| {setting} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_protocols(clean: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
+    """Both protocols' gaps to the adapter, for the cells that have a reference figure."""
+    if not reference:
+        return ""
+    by_clean = {(r["setting"], r["variant"]): r for r in clean}
+    lines = [
+        "",
+        "Both protocols (task means; gap to the adapter ± seed std). Clean: the final model at "
+        "the lr val chose. Reference: the best test accuracy over epochs and learning rates, as "
+        "the paper's code reports; **selection on test, for comparison only**.",
+        "",
+        "| setting | variant | seeds | clean test % | clean gap | reference test % | "
+        "reference gap | moved by |",
+        "|---|---|:---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reference:
+        c = by_clean.get((r["setting"], r["variant"]))
+        moved = (
+            f"{r['gap_test'] - c['gap_test']:+.1f}"
+            if c and c.get("gap_test") is not None and r.get("gap_test") is not None
+            else "—"
+        )
+        lines.append(
+            f"| {r['setting']} | {r['variant']} | {r['seeds']} | "
+            f"{c['test']:.1f} | {_gap(c)} | {r['test']:.1f} | {_gap(r)} | {moved} |"
+            if c
+            else f"| {r['setting']} | {r['variant']} | {r['seeds']} | — | — | "
+            f"{r['test']:.1f} | {_gap(r)} | — |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_costs(costs: dict[str, float]) -> str:
+    """What the per-epoch test record added to each setting's runs."""
+    if not costs:
+        return ""
+    parts = ", ".join(f"{s} {100 * f:.0f} %" for s, f in costs.items())
+    return (
+        f"\nTime the per-epoch test evaluation took, as a share of its runs' wall time: {parts}.\n"
+    )
+
+
+def render_curves(curves: dict[str, Any]) -> str:
+    if not curves:
+        return ""
+    lines = ["", "Plain adapter: train accuracy (%) after each epoch (chosen lr, seed 0):", ""]
+    for setting, tasks in curves.items():
+        for task, accs in tasks.items():
+            lines.append(f"- {setting} / {task}: " + ", ".join(f"{a:g}" for a in accs))
+    return "\n".join(lines) + "\n"
+
+
+def train_curves(records: Records, variant: str = "adapter") -> dict[str, Any]:
+    """Per setting and task: ``variant``'s train accuracy (%) after each epoch of its chosen
+    seed-0 run (from its ``metrics.jsonl``), to see where the schedule saturates it."""
+    curves: dict[str, Any] = {}
+    for r in records:
+        path = Path(r["run_dir"]) / "metrics.jsonl"
+        if r["variant"] != variant or r["seed"] != 0 or not path.is_file():
+            continue
+        lines = path.read_text().splitlines()
+        accs = [round(100 * json.loads(ln)["train_acc"], 1) for ln in lines if ln.strip()]
+        curves.setdefault(r["setting"], {})[r["task"]] = accs
+    return curves
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The test gap to the adapter (or LoRA) per setting x variant, with seed std bars."""
+    plt = _pyplot()
+    rows = [
+        r for r in rows if r.get("gap_test") is not None and r["variant"] not in ("adapter", "lora")
+    ]
+    ys = [r["gap_test"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.6))
+    colours = ["tab:green" if y > 0 else "tab:red" for y in ys]
+    errs = [r.get("gap_std") or 0.0 for r in rows]
+    ax.barh(range(len(rows)), ys, xerr=errs, color=colours, capsize=2)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['setting']}: {r['variant']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("test top-1 gap to the plain adapter (LoRA rows: to LoRA), points, task mean")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def trend_points(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple]]]:
+    """``{"epochs" | "images": {variant: [(x, gap, std), ...]}}``: the clean gap of the
+    paper's MoSA and our best MoSA in each regime that has it."""
+    by = {(r["setting"], r["variant"]): r for r in rows}
+    out: dict[str, dict[str, list[tuple]]] = {"epochs": {}, "images": {}}
+    for axis, settings in (("epochs", EPOCH_AXIS), ("images", DATA_AXIS)):
+        for v in TREND_VARIANTS:
+            pts = [
+                (x, by[(s, v)]["gap_test"], by[(s, v)].get("gap_std") or 0.0)
+                for s, x in settings.items()
+                if (s, v) in by and by[(s, v)].get("gap_test") is not None
+            ]
+            if pts:
+                out[axis][v] = sorted(pts)
+    return out
+
+
+def plot_trend(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """``docs/study_trend.png``: the gap to the adapter against epochs and against images
+    per class, for the paper's MoSA and our best MoSA (None when no regime has a gap yet)."""
+    pts = trend_points(rows)
+    if not any(pts.values()):
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    titles = {"epochs": "epochs (800 images)", "images": "images per class (8 / 52 epochs)"}
+    for ax, (axis, series) in zip(axes, pts.items(), strict=True):
+        for v, p in series.items():
+            xs, ys, errs = zip(*p, strict=True)
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=v)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ticks = sorted((EPOCH_AXIS if axis == "epochs" else DATA_AXIS).values())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel(titles[axis])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test gap to the adapter, points (± seed std)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
