@@ -16,8 +16,8 @@ After the screen, the paper's own regimes: sharing levels x N with 10 images per
 best MoSA over 24 epochs, and the published VTAB schedule (``paper``: 100 epochs, 10 warm-up,
 batch 128, weight decay 0.01) with full fine-tuning as the regime indicator.
 
-Every run also records its test accuracy after each epoch (``eval.test_every_epoch``), which
-nothing here reads to choose: it gives the reference protocol (the best test accuracy over
+The adapter, its consistency control and both MoSAs also record their test accuracy after
+each epoch (``eval.test_every_epoch``), which nothing here reads to choose: it gives the reference protocol (the best test accuracy over
 epochs and learning rates, as the paper's code reports) beside ours. Runs from before that
 record existed are re-run for it under ``OUT/rerun/``.
 
@@ -180,10 +180,12 @@ COMMON = (
     "data.test_split=test",
     "optim.batch_size=64",
     "method.bottleneck=8",
-    "eval.test_every_epoch=true",  # a record for the reference protocol; never chooses
 )
-# the cells that get both protocols' figures
+# the cells that get both protocols' figures; their runs record the test accuracy after every
+# epoch (eval.test_every_epoch), which nothing here reads to choose
 PROTOCOL_SETTINGS = ("base", "long", "shots10", "paper")
+PROTOCOL_VARIANTS = ("adapter", "adapter_cons", "mosa_paper", "mosa_best")
+RECORD_TEST = "eval.test_every_epoch=true"
 
 
 @dataclass
@@ -203,6 +205,8 @@ def plan_run(
 ) -> SweepRun:
     """One run's validated config and folder (``OUT/runs/<setting>/<task>/<variant>/...``)."""
     over = [f"data.root={data_root}", *COMMON, *setting.overrides]
+    if variant.name in PROTOCOL_VARIANTS:
+        over.append(RECORD_TEST)
     return plan_variant(variant, over, task, lr, seed, out / "runs" / setting.name)
 
 
