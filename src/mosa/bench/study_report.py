@@ -239,6 +239,7 @@ def plot_trend(rows: list[dict[str, Any]], path: Path) -> Path | None:
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=v)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ticks = sorted((EPOCH_AXIS if axis == "epochs" else DATA_AXIS).values())
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel(titles[axis])
