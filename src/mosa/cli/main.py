@@ -21,6 +21,7 @@ from mosa.cli.runs import CliError
 from mosa.config import ConfigError
 from mosa.data.errors import DataError
 from mosa.engine.errors import TrainingError
+from mosa.engine.preempt import PREEMPTED_EXIT_CODE, RunPreempted
 from mosa.executors import GridError
 from mosa.results.aggregate import ResultsError
 from mosa.runs import UsageError
@@ -131,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mosa: interrupted (a run resumes from its last/ checkpoint)", file=sys.stderr)
         return 130
+    except RunPreempted as e:  # SIGTERM / SIGUSR1: a scheduler asked the job to stop
+        print(f"mosa: {one_line(e)}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except Exception as e:
         if debug or not isinstance(e, USER_ERRORS):
             raise

@@ -24,7 +24,9 @@ adapter/, last/ and curves.png into the output folder. Prints one line per epoch
 progress bar; --quiet prints only warnings and the result. A run shorter than the
 recipe's warm-up (optim.epochs=1) warms up over the whole run, with a notice. A
 non-finite loss, gradient, weight or eval loss stops the run with exit code 2, keeping
-the last good checkpoint in OUT/last.
+the last good checkpoint in OUT/last. SIGTERM or SIGUSR1 (a scheduler's preemption) stops
+it after the current step with a resumable OUT/last and exit code 75; --resume continues
+from that step.
 """
 
 EXAMPLES = [

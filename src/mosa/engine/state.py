@@ -104,8 +104,10 @@ def save_last(
     state: TrainState,
     config: dict[str, Any],
     sampler: dict[str, Any],
+    partial: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``out/last`` atomically (temporary folder, then renames)."""
+    """Write ``out/last`` atomically (temporary folder, then renames). ``partial``: where
+    a run stopped inside epoch ``state.epoch + 1`` (step, the epoch's sums so far)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".last.tmp-{os.getpid()}"
@@ -133,6 +135,8 @@ def save_last(
             "sampler": sampler,
             "config": config,
         }
+        if partial is not None:
+            doc["partial"] = partial
         atomic_write_json(tmp / STATE_JSON, doc)
         _fsync_dir(tmp)
         final, old = out / LAST, out / OLD
@@ -194,6 +198,15 @@ def load_last(
         history=list(doc["history"]),
         elapsed_s=float(doc["elapsed_s"]),
     )
+
+
+def restore_rng_from(directory: Path, model: nn.Module) -> None:
+    """Set every RNG and the routing generators back to those saved in ``directory``."""
+    doc = read_state(directory)
+    tensors = load_file(str(directory / STATE_TENSORS))
+    routing = {k[len("routing/") :]: v for k, v in tensors.items() if k.startswith("routing/")}
+    mosa.set_rng_state(model, routing)
+    restore_rng(tensors, doc["rng"])
 
 
 def _fsync_dir(path: Path) -> None:

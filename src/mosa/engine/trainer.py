@@ -89,7 +89,15 @@ from mosa.engine.multitask import (
 )
 from mosa.engine.optim import ExpertTracker, WarmupCosine, build_optimizer
 from mosa.engine.plots import plot_curves
-from mosa.engine.state import TrainState, find_last, load_last, read_state, save_last
+from mosa.engine.preempt import RunPreempted, StopSignals
+from mosa.engine.state import (
+    TrainState,
+    find_last,
+    load_last,
+    read_state,
+    restore_rng_from,
+    save_last,
+)
 from mosa.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("mosa.engine")
@@ -425,6 +433,9 @@ class _Run:
                     "resuming %s after epoch %d (step %d)", self.out, state.epoch, state.global_step
                 )
         self.resumed_from_epoch = state.epoch if checkpoint is not None else None
+        # a checkpoint written inside an epoch (preemption): where that epoch stopped
+        self.partial = (doc or {}).get("partial") if checkpoint is not None else None
+        self.checkpoint = checkpoint
         self.base_elapsed = state.elapsed_s
         return state
 
@@ -440,8 +451,11 @@ class _Run:
                 else None
             )
             self.two_pass = self.consistency > 0 or self.capture is not None
-            for epoch in range(state.epoch + 1, ocfg.epochs + 1):
-                self._epoch(epoch, state)
+            with StopSignals() as self.stop:
+                for epoch in range(state.epoch + 1, ocfg.epochs + 1):
+                    self._epoch(epoch, state)
+                    if epoch < ocfg.epochs and self.stop.requested(self.info):
+                        self._preempted(epoch, state, self.steps_per_epoch, None)
             return self._finish(state)
         finally:
             for stream in self.streams:
@@ -473,8 +487,8 @@ class _Run:
     # ------------------------------------------------------------------ one epoch
     def _epoch(self, epoch: int, state: TrainState) -> None:
         t0 = time.perf_counter()
-        sums, steps, lr = self._train_steps(epoch, state)
-        train_s = time.perf_counter() - t0
+        sums, steps, lr, carried_s = self._train_steps(epoch, state)
+        train_s = time.perf_counter() - t0 + carried_s
         per_task = records.unflatten_sums(
             all_reduce_sum(records.flatten_sums(sums), self.info), len(self.tasks)
         )
@@ -529,10 +543,37 @@ class _Run:
         record["test_acc"] = sum(accs) / len(accs)
         record["test_seconds"] = time.perf_counter() - t0
 
+    def _preempted(
+        self, epoch: int, state: TrainState, steps: int, partial: dict[str, Any] | None
+    ) -> None:
+        """Write a resumable checkpoint where the run stopped (after ``epoch``, or inside it
+        with ``partial``) and raise :class:`RunPreempted`."""
+        state.elapsed_s = self.base_elapsed + (time.perf_counter() - self.started)
+        cfg = self.config
+        done_epoch = epoch if partial is None else epoch - 1
+        saved = done_epoch % cfg.checkpoint_every == 0 and partial is None
+        if not saved:
+            self._save_checkpoint(epoch, state, partial)
+        step = steps if partial is None else partial["step"]
+        raise RunPreempted(self.stop.name, epoch, step, steps, str(self.out / "last"))
+
+    def _resume_point(self, epoch: int, order: list[int]) -> tuple[int, Any, float]:
+        """(first step, per-task sums so far, train seconds so far) of ``epoch``: after a
+        checkpoint written inside it, its batches up to there are drawn again (they depend
+        on the epoch alone) and every RNG is set back to the checkpoint's."""
+        partial, self.partial = self.partial, None
+        if not partial or partial["epoch"] != epoch:
+            return 0, records.new_sums(len(self.tasks)), 0.0
+        for t in order[: partial["step"]]:
+            self.streams[t].next()
+        restore_rng_from(self.checkpoint, self.model)
+        return partial["step"], partial["sums"], float(partial["train_s"])
+
     def _train_steps(
         self, epoch: int, state: TrainState
-    ) -> tuple[list[dict[str, float]], int, float]:
-        """One epoch's optimizer steps: (per-task sums on this rank, steps, last lr)."""
+    ) -> tuple[list[dict[str, float]], int, float, float]:
+        """One epoch's optimizer steps: (per-task sums on this rank, steps, last lr, train
+        seconds of an earlier process in this epoch)."""
         cfg = self.config
         for stream in self.streams:
             stream.start(epoch)
@@ -541,11 +582,22 @@ class _Run:
         else:
             order = [0] * self.task_steps[0]
         self.model.train()
-        sums = records.new_sums(len(self.tasks))
+        start, sums, carried_s = self._resume_point(epoch, order)
+        t0 = time.perf_counter()
         bar = self._bar(epoch, len(order))
         lr = self.scheduler.lr
         try:
             for step, t in enumerate(order):
+                if step < start:
+                    continue
+                if step > start and self.stop.requested(self.info):
+                    partial = {
+                        "epoch": epoch,
+                        "step": step,
+                        "sums": sums,
+                        "train_s": carried_s + time.perf_counter() - t0,
+                    }
+                    self._preempted(epoch, state, len(order), partial)
                 x, y = self.streams[t].next()
                 x = x.to(self.device, non_blocking=True)
                 y = torch.as_tensor(y).to(self.device, non_blocking=True)
@@ -568,7 +620,7 @@ class _Run:
                 bar.close()
             for stream in self.streams:
                 stream.stop()
-        return sums, len(order), lr
+        return sums, len(order), lr, carried_s
 
     def _check_finite(self, record: dict[str, Any], epoch: int, steps: int, step: int) -> None:
         """Never checkpoint or report non-finite weights (a NaN gradient at the epoch's last
@@ -585,7 +637,9 @@ class _Run:
                 epoch, steps - 1, step - 1, bad_val[0], lr, "val loss", str(self.out)
             )
 
-    def _save_checkpoint(self, epoch: int, state: TrainState) -> None:
+    def _save_checkpoint(
+        self, epoch: int, state: TrainState, partial: dict[str, Any] | None = None
+    ) -> None:
         cfg = self.config
         if self.info.is_main:
             save_last(
@@ -602,6 +656,7 @@ class _Run:
                     "epoch": epoch,
                     "task_sampling": cfg.task_sampling if self.multitask else None,
                 },
+                partial=partial,
             )
         barrier(self.info)
 
