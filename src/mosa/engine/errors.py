@@ -37,3 +37,18 @@ class TrainingDivergedError(TrainingError):
             f"{run}/last is untouched; lower optim.lr (e.g. by 10x), set optim.grad_clip, or use "
             "optim.amp=off, then start again in a new --out (a resume would repeat the same steps)."
         )
+
+
+class WriteFailedError(TrainingError):
+    """A file of the run could not be written (no space, permission, I/O error); what was
+    written before is intact, and ``last`` names the checkpoint to resume from."""
+
+    def __init__(self, what: str, path: str, reason: str, last: str | None, out: str) -> None:
+        self.what, self.path, self.reason, self.last = what, path, reason, last
+        then = (
+            f"the last good checkpoint is {last}: free space or fix the folder, then "
+            f"`mosa train --resume {out}` (Python: resume=True)"
+            if last
+            else "no checkpoint was written yet: free space or fix the folder and start again"
+        )
+        super().__init__(f"cannot write the {what} to {path}: {reason}; {then}")

@@ -25,20 +25,24 @@ adapter with one head per task (or one joint head), a task per step picked by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -71,6 +75,7 @@ from mosa.engine.errors import (
     ResumeError,
     TrainingDivergedError,
     TrainingError,
+    WriteFailedError,
 )
 from mosa.engine.evaluate import autocast, evaluate
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
@@ -519,7 +524,8 @@ class _Run:
         # wall time of the work a checkpoint keeps: earlier processes' plus this one's so far
         state.elapsed_s = self.base_elapsed + (time.perf_counter() - self.started)
         if self.info.is_main:
-            with open(self.out / METRICS_JSONL, "a") as f:
+            path = self.out / METRICS_JSONL
+            with self._writing("epoch record", path), open(path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
             log.info("%s", records.epoch_line(record, self.config.optim.epochs, self.multitask))
         cfg = self.config
@@ -640,25 +646,57 @@ class _Run:
     def _save_checkpoint(
         self, epoch: int, state: TrainState, partial: dict[str, Any] | None = None
     ) -> None:
-        cfg = self.config
         if self.info.is_main:
-            save_last(
-                self.out,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                param_names=self.param_names,
-                state=state,
-                config=self.resolved,
-                sampler={
-                    "kind": "DistributedSampler",
-                    "seed": cfg.seed,
-                    "epoch": epoch,
-                    "task_sampling": cfg.task_sampling if self.multitask else None,
-                },
-                partial=partial,
-            )
+            with self._writing("checkpoint", self.out / "last"):
+                self._save_last(epoch, state, partial)
         barrier(self.info)
+
+    def _save_last(self, epoch: int, state: TrainState, partial: dict[str, Any] | None) -> None:
+        cfg = self.config
+        sampler = {
+            "kind": "DistributedSampler",
+            "seed": cfg.seed,
+            "epoch": epoch,
+            "task_sampling": cfg.task_sampling if self.multitask else None,
+        }
+        save_last(
+            self.out,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            param_names=self.param_names,
+            state=state,
+            config=self.resolved,
+            sampler=sampler,
+            partial=partial,
+        )
+
+    @contextlib.contextmanager
+    def _writing(self, what: str, path: Path) -> Iterator[None]:
+        """Turn a failed write (no space, permission, I/O error) into one clear error that
+        names the last good checkpoint; the atomic writes left earlier files intact."""
+        try:
+            yield
+        except (OSError, SafetensorError) as e:
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                reason = os.strerror(errno.ENOSPC)
+            raise WriteFailedError(what, str(path), reason, self._last_good(), str(self.out)) from e
+
+    def _last_good(self) -> str | None:
+        """``OUT/last`` with where it stands (None when no readable checkpoint exists)."""
+        last = find_last(self.out)
+        if last is None:
+            return None
+        try:
+            doc = read_state(last)
+        except ResumeError:
+            return None
+        part = doc.get("partial")
+        where = (
+            f"epoch {doc['epoch']}" if not part else f"epoch {part['epoch']}, step {part['step']}"
+        )
+        return f"{last} ({where})"
 
     def _forward(self, x: torch.Tensor, t: int, ddp: bool) -> torch.Tensor:
         """Training logits of task ``t`` (a joint head's: over the union of classes), through
@@ -777,11 +815,12 @@ class _Run:
 
     def _write_start(self, state: TrainState) -> None:
         if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / CONFIG_JSON, self.resolved)
-            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in state.history)
-            # a resumed run drops records of epochs after its checkpoint (they are redone)
-            atomic_write_bytes(self.out / METRICS_JSONL, lines.encode())
+            with self._writing("run config and epoch records", self.out):
+                self.out.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self.out / CONFIG_JSON, self.resolved)
+                lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in state.history)
+                # a resumed run drops records of epochs after its checkpoint (they are redone)
+                atomic_write_bytes(self.out / METRICS_JSONL, lines.encode())
         barrier(self.info)
 
     def _finish(self, state: TrainState) -> dict[str, Any]:
@@ -797,10 +836,13 @@ class _Run:
         ``seed``, ``resumed_from_epoch``, ``config``, ``versions`` and ``host``."""
         summary = self._summary(state, self._test_tasks(state))
         if self.info.is_main:
-            mosa.save_adapter(self.model, self.out / ADAPTER_DIR)
-            if state.history:
-                plot_curves(state.history, self.out / CURVES_PNG)
-            atomic_write_json(self.out / SUMMARY_JSON, summary)
+            with self._writing("adapter", self.out / ADAPTER_DIR):
+                mosa.save_adapter(self.model, self.out / ADAPTER_DIR)
+            with self._writing("training curves", self.out / CURVES_PNG):
+                if state.history:
+                    plot_curves(state.history, self.out / CURVES_PNG)
+            with self._writing("summary", self.out / SUMMARY_JSON):
+                atomic_write_json(self.out / SUMMARY_JSON, summary)
             log.info(
                 "done: val acc %s, test acc %s, %.1fs",
                 *(
