@@ -26,9 +26,7 @@ from mosa.engine.errors import WriteFailedError
 METHOD = {"method": "mosa", "bottleneck": 8, "num_experts": 4}
 
 
-def _disk_full_after(
-    monkeypatch: pytest.MonkeyPatch, writes: int, name: str | None = None
-) -> None:
+def _disk_full_after(monkeypatch: pytest.MonkeyPatch, writes: int, name: str | None = None) -> None:
     """Every atomic write after the first ``writes`` (or to a file called ``name``) fails
     with ENOSPC, at the write layer."""
     real = mosa.io._replacing
