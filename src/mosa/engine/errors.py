@@ -52,3 +52,16 @@ class WriteFailedError(TrainingError):
             else "no checkpoint was written yet: free space or fix the folder and start again"
         )
         super().__init__(f"cannot write the {what} to {path}: {reason}; {then}")
+
+
+class OutOfMemoryError(TrainingError):
+    """A training step ran out of device (or host) memory; ``OUT/last`` is kept."""
+
+    def __init__(self, batch: int, device: str, memory: str, last: str | None) -> None:
+        self.batch, self.device = batch, device
+        kept = f"the last checkpoint {last} is kept" if last else "no checkpoint was written yet"
+        super().__init__(
+            f"out of memory in a training step: batch {batch} per process on {device} "
+            f"({memory}); {kept}. Use a smaller optim.batch_size (the lr may need scaling "
+            "with it), optim.amp=bf16 on CUDA, or a smaller backbone or img_size"
+        )

@@ -72,6 +72,7 @@ from mosa.engine.distributed import (
 )
 from mosa.engine.errors import (
     ClassCountError,
+    OutOfMemoryError,
     ResumeError,
     TrainingDivergedError,
     TrainingError,
@@ -220,6 +221,18 @@ def _routing_checksum(model: nn.Module) -> int:
         crc = zlib.crc32(name.encode(), crc)
         crc = zlib.crc32(state.numpy().tobytes(), crc)
     return crc
+
+
+def _memory_of(device: torch.device) -> str:
+    """The device's total memory, in words."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return f"{total / 2**30:.1f} GiB, {torch.cuda.max_memory_allocated(device) / 2**30:.1f} used at peak"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "host memory"
+    return f"{total / 2**30:.1f} GiB host memory"
 
 
 class _Run:
@@ -608,7 +621,8 @@ class _Run:
                 x = x.to(self.device, non_blocking=True)
                 y = torch.as_tensor(y).to(self.device, non_blocking=True)
                 lr = self.scheduler.lr
-                out = self._step(x, y, t, epoch, step, state.global_step)
+                with self._out_of_memory(x.shape[0]):
+                    out = self._step(x, y, t, epoch, step, state.global_step)
                 state.global_step += 1
                 records.add_step(sums[t], out, float(y.numel()))
                 if bar is not None:
@@ -682,6 +696,21 @@ class _Run:
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 reason = os.strerror(errno.ENOSPC)
             raise WriteFailedError(what, str(path), reason, self._last_good(), str(self.out)) from e
+
+    @contextlib.contextmanager
+    def _out_of_memory(self, batch: int) -> Iterator[None]:
+        """A step that runs out of memory (CUDA's error, or the CPU allocator's) becomes one
+        clear error with the batch, the device's memory and what to change."""
+        try:
+            yield
+        except RuntimeError as e:
+            cpu_oom = "DefaultCPUAllocator: can't allocate memory" in str(e)
+            if not (isinstance(e, torch.OutOfMemoryError) or cpu_oom):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)  # frees the gradients before reporting
+            raise OutOfMemoryError(
+                batch, str(self.device), _memory_of(self.device), self._last_good()
+            ) from e
 
     def _last_good(self) -> str | None:
         """``OUT/last`` with where it stands (None when no readable checkpoint exists)."""
