@@ -22,6 +22,7 @@ from mosa.engine import (
     train,
 )
 from mosa.engine.data import LabelledSubset
+from mosa.engine.errors import WriteFailedError
 
 METRIC_KEYS = {
     "epoch": int,
@@ -430,7 +431,7 @@ def test_a_crash_while_checkpointing_keeps_the_previous_checkpoint(
         real(path, obj)
 
     monkeypatch.setattr(state_mod, "atomic_write_json", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteFailedError, match="checkpoint .*disk full"):
         train(make_config(out), model=tiny_model(), datasets=toy_datasets(), progress=False)
     assert json.loads((out / "last" / "state.json").read_text())["epoch"] == 1
     assert not list(out.glob(".last*"))  # the half-written folder was removed

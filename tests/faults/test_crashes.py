@@ -32,6 +32,12 @@ def _argv(out: Path, root: Path) -> list[str]:
             "optim.batch_size=32", "device=cpu"]  # fmt: skip
 
 
+def _one_epoch_run(root: Path, out: Path) -> None:
+    argv = _argv(out, root)[3:]
+    argv[argv.index("optim.epochs=3")] = "optim.epochs=1"
+    assert main(argv) == 0
+
+
 def _one_error(capsys: Any) -> str:
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mosa: error")]
     assert len(err) == 1, err
@@ -63,9 +69,7 @@ def test_a_corrupt_last_checkpoint_is_one_line_and_exit_2(
     digits: Path, tmp_path: Path, capsys: Any
 ) -> None:
     out = tmp_path / "run"
-    argv = _argv(out, digits)[3:]
-    argv[argv.index("optim.epochs=3")] = "optim.epochs=1"
-    assert main(argv) == 0
+    _one_epoch_run(digits, out)
     (out / "summary.json").unlink()  # as if killed before the end
     (out / "last" / "state.json").write_text('{"format": "mosa-train-st')
     capsys.readouterr()
@@ -78,9 +82,7 @@ def test_a_truncated_adapter_is_one_line_and_exit_2(
     digits: Path, tmp_path: Path, capsys: Any
 ) -> None:
     out = tmp_path / "run"
-    argv = _argv(out, digits)[3:]
-    argv[argv.index("optim.epochs=3")] = "optim.epochs=1"
-    assert main(argv) == 0
+    _one_epoch_run(digits, out)
     weights = out / "adapter" / "adapter.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     for cmd in (["merge", str(out / "adapter"), "--out", str(tmp_path / "merged")],
