@@ -376,18 +376,22 @@ class Study:
         return out
 
     # ------------------------------------------------------------------ the reference protocol
+    def rerun_dir(self, run: SweepRun) -> Path:
+        """Where ``run``'s re-run for the per-epoch test record lives (``OUT/rerun/...``)."""
+        return self.out / "rerun" / run.run_dir.relative_to(self.out / "runs")
+
     def rerun_of(self, run: SweepRun) -> SweepRun:
         """``run`` again with the per-epoch test record, in ``OUT/rerun/`` (a run from before
         the record existed; with 1 thread it trains to the same weights)."""
         config = copy.deepcopy(run.config)
         config.eval.test_every_epoch = True
-        rerun_dir = self.out / "rerun" / run.run_dir.relative_to(self.out / "runs")
+        rerun_dir = self.rerun_dir(run)
         config.out = str(rerun_dir)
         return replace(run, run_dir=rerun_dir, config=config)
 
     def test_record(self, run: SweepRun) -> list[float] | None:
         """``run``'s test accuracy after each epoch, from the run or its re-run (a record)."""
-        for d in (run.run_dir, self.rerun_of(run).run_dir):
+        for d in (run.run_dir, self.rerun_dir(run)):
             record = self.done.get(d, {}).get("test_by_epoch")
             if record:
                 return record
@@ -471,7 +475,7 @@ class Study:
         worst = 0.0
         for cell in self.cells.values():
             for r in [*cell.grid, *cell.seeds, *cell.ref_seeds]:
-                rerun = self.done.get(self.rerun_of(r).run_dir)
+                rerun = self.done.get(self.rerun_dir(r))
                 if rerun is None or r.run_dir not in self.done:
                     continue
                 total += 1
@@ -489,7 +493,7 @@ class Study:
             for r in [*cell.grid, *cell.seeds]:
                 summ = self.done.get(r.run_dir, {})
                 if not summ.get("test_by_epoch_seconds"):  # an older run: its re-run's cost
-                    summ = self.done.get(self.rerun_of(r).run_dir, {})
+                    summ = self.done.get(self.rerun_dir(r), {})
                 if summ.get("test_by_epoch_seconds") and summ.get("wall_time_s"):
                     acc = spent.setdefault(setting, [0.0, 0.0])
                     acc[0] += summ["test_by_epoch_seconds"]

@@ -185,9 +185,7 @@ def load_last(
         opt = {k[len("optim/") :]: v for k, v in tensors.items() if k.startswith("optim/")}
         optimizer_state_from_flat(optimizer, param_names, opt, doc["optimizer"])
         scheduler.load_state_dict(doc["scheduler"])
-        routing = {k[len("routing/") :]: v for k, v in tensors.items() if k.startswith("routing/")}
-        mosa.set_rng_state(model, routing)
-        restore_rng(tensors, doc["rng"])
+        _restore_generators(tensors, doc, model)
     except ResumeError:
         raise
     except Exception as e:  # safetensors, torch and mosa each raise their own types
@@ -202,8 +200,12 @@ def load_last(
 
 def restore_rng_from(directory: Path, model: nn.Module) -> None:
     """Set every RNG and the routing generators back to those saved in ``directory``."""
-    doc = read_state(directory)
-    tensors = load_file(str(directory / STATE_TENSORS))
+    _restore_generators(load_file(str(directory / STATE_TENSORS)), read_state(directory), model)
+
+
+def _restore_generators(
+    tensors: dict[str, torch.Tensor], doc: dict[str, Any], model: nn.Module
+) -> None:
     routing = {k[len("routing/") :]: v for k, v in tensors.items() if k.startswith("routing/")}
     mosa.set_rng_state(model, routing)
     restore_rng(tensors, doc["rng"])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import math
@@ -568,11 +567,8 @@ class _Run:
         """Write a resumable checkpoint where the run stopped (after ``epoch``, or inside it
         with ``partial``) and raise :class:`RunPreempted`."""
         state.elapsed_s = self.base_elapsed + (time.perf_counter() - self.started)
-        cfg = self.config
-        done_epoch = epoch if partial is None else epoch - 1
-        saved = done_epoch % cfg.checkpoint_every == 0 and partial is None
-        if not saved:
-            self._save_checkpoint(epoch, state, partial)
+        if partial is not None or epoch % self.config.checkpoint_every != 0:
+            self._save_checkpoint(epoch, state, partial)  # else _epoch just wrote it
         step = steps if partial is None else partial["step"]
         raise RunPreempted(self.stop.name, epoch, step, steps, str(self.out / "last"))
 
@@ -606,9 +602,8 @@ class _Run:
         bar = self._bar(epoch, len(order))
         lr = self.scheduler.lr
         try:
-            for step, t in enumerate(order):
-                if step < start:
-                    continue
+            for step in range(start, len(order)):
+                t = order[step]
                 if step > start and self.stop.requested(self.info):
                     partial = {
                         "epoch": epoch,
@@ -693,8 +688,6 @@ class _Run:
             yield
         except (OSError, SafetensorError) as e:
             reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                reason = os.strerror(errno.ENOSPC)
             raise WriteFailedError(what, str(path), reason, self._last_good(), str(self.out)) from e
 
     @contextlib.contextmanager
