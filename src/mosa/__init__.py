@@ -12,6 +12,7 @@ from mosa.model import (
     merge,
     routing_groups,
     set_rng_state,
+    shared_routes,
     summary,
     unmerge,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "routing_groups",
     "save_adapter",
     "set_rng_state",
+    "shared_routes",
     "summary",
     "unmerge",
 ]

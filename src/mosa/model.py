@@ -343,11 +343,54 @@ def forward_twice(
     ``forward`` (default: ``model``) maps a batch to the output that is split in two. Layers
     that mix samples (BatchNorm in train mode) would see both halves together; the supported
     ViT, Swin and ConvNeXt backbones normalise per sample (LayerNorm)."""
-    with routing_groups(model, 2):
-        draw_routes(model, 2 * x.shape[0])
-        out = (model if forward is None else forward)(torch.cat([x, x]))
-    first, second = out.chunk(2)
+    with shared_routes(model, x.shape[0], passes=2) as routes:
+        first, second = routes.forward(x, forward)
     return first, second
+
+
+class SharedRoutes:
+    """Expert picks drawn once for a batch of ``batch_size`` images (``passes`` stochastic
+    passes each, as :func:`forward_twice` draws them) and handed out to micro-batches that
+    cover the batch in order: micro-batches of B/k then train exactly as one batch of B would
+    (gradient accumulation). Made by :func:`shared_routes`."""
+
+    def __init__(self, model: nn.Module, batch_size: int, passes: int) -> None:
+        self.model, self.batch_size, self.passes = model, batch_size, passes
+        draw_routes(model, passes * batch_size)
+        self.picks = {m: m.routes for m in mosa_modules(model) if m.routes is not None}
+        self.start = 0
+
+    def forward(
+        self, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The ``passes`` outputs of ``forward`` (default: the model) on the next ``len(x)``
+        images of the batch, each pass with its picks for exactly those images."""
+        start, stop = self.start, self.start + x.shape[0]
+        if stop > self.batch_size:
+            raise ValueError(f"micro-batches hold more than the {self.batch_size} images drawn for")
+        for m, picks in self.picks.items():
+            per_image = m.routing == "sample" and picks.numel() == self.passes * self.batch_size
+            m.routes = (
+                picks.view(self.passes, -1)[:, start:stop].reshape(-1) if per_image else picks
+            )
+            m.batch_hint = self.passes * x.shape[0]
+        self.start = stop
+        xs = torch.cat([x] * self.passes) if self.passes > 1 else x
+        return (self.model if forward is None else forward)(xs).chunk(self.passes)
+
+
+@contextmanager
+def shared_routes(model: nn.Module, batch_size: int, passes: int = 1) -> Iterator[SharedRoutes]:
+    """Draw every split projection's picks once for ``batch_size`` images and share them among
+    the micro-batches run through the yielded :class:`SharedRoutes` (gradient accumulation).
+    With ``passes=2`` each micro-batch runs both consistency passes as one forward."""
+    with routing_groups(model, passes):
+        routes = SharedRoutes(model, batch_size, passes)
+        try:
+            yield routes
+        finally:
+            for m in routes.picks:
+                m.routes = None
 
 
 def get_rng_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -15,11 +15,12 @@ import mosa
 from mosa.engine import train
 
 
-def main(out: str, compile_backend: str | None = None) -> None:
+def main(out: str, compile_backend: str = "none", accumulate: str = "1") -> None:
     torch.set_num_threads(1)
     model = tiny_model()
     cfg = ddp_config(out)
-    if compile_backend:
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, accumulate=int(accumulate)))
+    if compile_backend != "none":
         cfg = dataclasses.replace(cfg, compile=True, compile_backend=compile_backend)
     summary = train(cfg, model=model, datasets=toy_datasets(), progress=False)
     rank = int(os.environ["RANK"])

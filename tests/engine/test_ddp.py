@@ -40,11 +40,16 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 @pytest.mark.slow
-@pytest.mark.parametrize("compile_backend", [None, "aot_eager"], ids=["eager", "compiled"])
+@pytest.mark.parametrize(
+    ("compile_backend", "accumulate"),
+    [("none", 1), ("aot_eager", 1), ("none", 2)],
+    ids=["eager", "compiled", "accumulate2"],
+)
 def test_two_gloo_processes_match_a_single_process(
-    tmp_path: Path, compile_backend: str | None
+    tmp_path: Path, compile_backend: str, accumulate: int
 ) -> None:
-    """Eager or through torch.compile (DDP's own graph splitting), against one eager process."""
+    """Eager, through torch.compile (DDP's own graph splitting) or with 2 micro-batches per
+    step (DDP's no_sync until the last), against one eager process without accumulation."""
     ddp_out = tmp_path / "ddp"
     env = {
         **os.environ,
@@ -62,7 +67,8 @@ def test_two_gloo_processes_match_a_single_process(
         f"--master_port={_free_port()}",
         str(HERE / "ddp_worker.py"),
         str(ddp_out),
-        *([compile_backend] if compile_backend else []),
+        compile_backend,
+        str(accumulate),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

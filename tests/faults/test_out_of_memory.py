@@ -43,6 +43,7 @@ def test_out_of_memory_in_a_step_names_batch_memory_and_remedy(
     msg = str(err.value)
     assert msg.startswith("out of memory in a training step: batch 16 per process on cpu (")
     assert "GiB host memory" in msg and "optim.batch_size" in msg and "bf16" in msg
+    assert "Raise optim.accumulate (now 1)" in msg
     assert f"the last checkpoint {out}/last (epoch 1) is kept" in msg
     assert json.loads((out / "last" / "state.json").read_text())["epoch"] == 1
 

@@ -26,7 +26,8 @@ recipe's warm-up (optim.epochs=1) warms up over the whole run, with a notice. A
 non-finite loss, gradient, weight or eval loss stops the run with exit code 2, keeping
 the last good checkpoint in OUT/last. SIGTERM or SIGUSR1 (a scheduler's preemption) stops
 it after the current step with a resumable OUT/last and exit code 75; --resume continues
-from that step.
+from that step. Out of memory? optim.accumulate=k runs each batch of optim.batch_size as k
+micro-batches with the same updates (MoSA's expert picks are drawn once per batch).
 """
 
 EXAMPLES = [
@@ -35,6 +36,7 @@ EXAMPLES = [
     "mosa train --config fgvc/cub --config methods/adapter data.root=/data/fgvc",
     "mosa train --config my.yaml data.0.task=digits data.1.task=fmnist_rot --out runs/mt",
     "mosa train --resume runs/default/mosa",
+    "mosa train --config vtab/dtd optim.accumulate=4     # batch 128 as 4 x 32 on a small GPU",
     "mosa train --config offline/digits optim.epochs=2 --print-config",
 ]
 

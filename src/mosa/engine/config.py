@@ -67,6 +67,10 @@ class OptimConfig:
     epochs: int = 100
     warmup_epochs: int = 10
     batch_size: int = 128
+    # gradient accumulation: each optimizer step's batch of batch_size runs as this many
+    # micro-batches (forward + backward each), with MoSA's expert picks drawn once per step
+    # and shared by them, so the update is one batch's; only activation memory shrinks
+    accumulate: int = 1
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     # MoSA consistency regularisation (R-Drop form, see losses.symmetric_kl):
@@ -111,6 +115,11 @@ class OptimConfig:
             self.warmup_epochs = self.epochs
         if self.batch_size < 1:
             raise ConfigError(f"optim.batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.accumulate <= self.batch_size:
+            raise ConfigError(
+                f"optim.accumulate must be in [1, batch_size={self.batch_size}], got "
+                f"{self.accumulate}"
+            )
         if self.expert_updates not in ("local", "reference"):
             raise ConfigError(
                 f"optim.expert_updates must be local or reference, got {self.expert_updates!r}"

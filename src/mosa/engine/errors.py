@@ -57,11 +57,17 @@ class WriteFailedError(TrainingError):
 class OutOfMemoryError(TrainingError):
     """A training step ran out of device (or host) memory; ``OUT/last`` is kept."""
 
-    def __init__(self, batch: int, device: str, memory: str, last: str | None) -> None:
+    def __init__(
+        self, batch: int, device: str, memory: str, last: str | None, accumulate: int = 1
+    ) -> None:
         self.batch, self.device = batch, device
         kept = f"the last checkpoint {last} is kept" if last else "no checkpoint was written yet"
+        micro = -(-batch // accumulate)
+        split = f" as {accumulate} micro-batches of {micro}" if accumulate > 1 else ""
         super().__init__(
-            f"out of memory in a training step: batch {batch} per process on {device} "
-            f"({memory}); {kept}. Use a smaller optim.batch_size (the lr may need scaling "
-            "with it), optim.amp=bf16 on CUDA, or a smaller backbone or img_size"
+            f"out of memory in a training step: batch {batch} per process{split} on {device} "
+            f"({memory}); {kept}. Raise optim.accumulate (now {accumulate}) to run each batch "
+            "as that many micro-batches (the same updates in less memory), or use "
+            "optim.amp=bf16 on CUDA, a smaller optim.batch_size (the lr may need scaling with "
+            "it), or a smaller backbone or img_size"
         )

@@ -1,6 +1,7 @@
 """Training losses: cross-entropy and MoSA's consistency regularisation (SPEC §1.5).
 
-Every loss is computed in float32, also when the forward pass ran under bf16 autocast.
+Every loss is computed in float32 (float64 for a float64 model), also when the forward pass
+ran under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch.nn.functional as F
 def classification_loss(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Mean cross-entropy with optional label smoothing."""
-    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+    """Mean cross-entropy with optional label smoothing (half-precision logits in float32)."""
+    return F.cross_entropy(_at_least_float32(logits), targets, label_smoothing=label_smoothing)
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor
         raise ValueError(
             f"logits shapes differ: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}"
         )
-    a, b = logits_a.float(), logits_b.float()
+    a, b = _at_least_float32(logits_a), _at_least_float32(logits_b)
     if a.dim() == 1:  # one sample: batchmean would divide by the class count
         a, b = a.unsqueeze(0), b.unsqueeze(0)
     kl_a = F.kl_div(F.log_softmax(a, dim=-1), F.softmax(b, dim=-1).detach(), reduction="batchmean")
@@ -53,5 +54,13 @@ def hidden_consistency(
             f"need the same, non-zero number of hidden states, got {len(hidden_a)} and "
             f"{len(hidden_b)}"
         )
-    terms = [F.mse_loss(a.float(), b.float()) for a, b in zip(hidden_a, hidden_b, strict=True)]
+    terms = [
+        F.mse_loss(_at_least_float32(a), _at_least_float32(b))
+        for a, b in zip(hidden_a, hidden_b, strict=True)
+    ]
     return torch.stack(terms).mean()
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 autocast outputs are upcast; float64 (exactness tests) stays float64
+    return t if t.dtype == torch.float64 else t.float()

@@ -104,6 +104,7 @@ from mosa.engine.state import (
     save_last,
 )
 from mosa.io import atomic_write_bytes, atomic_write_json
+from mosa.model import SharedRoutes
 
 log = logging.getLogger("mosa.engine")
 
@@ -114,9 +115,11 @@ DatasetsArg = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 # another device or worker count is allowed (a job moved to another machine) but can change
 # float rounding or the augmentation random streams, so the result may not be bit-identical.
 # compile (and its backend) only changes how the same forward runs: float rounding at most;
-# checkpoints written before these keys existed resume as eager runs.
+# checkpoints written before these keys existed resume as eager runs. optim.accumulate
+# gives the same updates (a job moved to a smaller GPU), up to float rounding.
 RESUMABLE_CHANGES = (
     "out", "checkpoint_every", "device", "num_workers", "compile", "compile_backend", "eval",
+    "optim.accumulate",
 )  # fmt: skip
 
 CONFIG_JSON = "config.json"
@@ -202,7 +205,7 @@ def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list
     return [
         f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
         for k in keys
-        if a.get(k) != b.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
+        if a.get(k) != b.get(k) and not {k, k.split(".")[0]} & set(RESUMABLE_CHANGES)
     ]
 
 
@@ -415,6 +418,7 @@ class _Run:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.consistency = cfg.consistency_weight
         self.ddp: nn.Module = model
+        self.ddp_module: DistributedDataParallel | None = None
         if info.distributed or cfg.compile:
             # the training forward only: eval, merging and checkpoints use the bare model
             fwd: nn.Module = TaskModel(model) if self.multitask else model
@@ -423,7 +427,7 @@ class _Run:
                 # buffers (partitions, initial weights) never change: no per-step broadcast.
                 # Multi-task: every rank runs the same task in a step; the other tasks' heads
                 # get no gradient on any rank, which DDP must be told (grads stay None).
-                fwd = DistributedDataParallel(
+                fwd = self.ddp_module = DistributedDataParallel(
                     fwd,
                     device_ids=ids,
                     broadcast_buffers=False,
@@ -702,7 +706,11 @@ class _Run:
                 raise
             self.optimizer.zero_grad(set_to_none=True)  # frees the gradients before reporting
             raise OutOfMemoryError(
-                batch, str(self.device), _memory_of(self.device), self._last_good()
+                batch,
+                str(self.device),
+                _memory_of(self.device),
+                self._last_good(),
+                self.config.optim.accumulate,
             ) from e
 
     def _last_good(self) -> str | None:
@@ -750,53 +758,33 @@ class _Run:
     def _step(
         self, x: torch.Tensor, y: torch.Tensor, t: int, epoch: int, step: int, global_step: int
     ) -> dict[str, float]:
+        """One optimizer step over the batch ``x``: ``optim.accumulate`` micro-batches, each
+        a forward and a backward, sharing the expert picks drawn once for the whole batch."""
         ocfg = self.config.optim
         self.optimizer.zero_grad(set_to_none=True)
         if self.tracker is not None:
             self.tracker.reset()
-        if self.capture is not None:
-            self.capture.take()
         target = y + self.offsets[t] if self.offsets[t] else y  # joint head: union labels
-        kl = deep = None
-        with autocast(self.device, self.amp):
-            if self.two_pass:
-                # both passes as ONE forward on a doubled batch: each half has its own expert
-                # picks (drawn as two forwards would draw them) and dropout masks, and DDP sees
-                # one forward per backward
-                logits, logits2 = mosa.forward_twice(
-                    self.model, x, lambda xx: self._forward(xx, t, ddp=True)
-                )
-            else:
-                mosa.draw_routes(self.model, x.shape[0])  # outside a compiled forward
-                logits = self._forward(x, t, ddp=True)
-        loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
-        if self.two_pass:
-            if self.consistency > 0:
-                kl = symmetric_kl(logits, logits2)
-                loss = loss + self.consistency * kl
-            if self.capture is not None:
-                halves = [h.chunk(2) for h in self.capture.take()]
-                deep = hidden_consistency([a for a, _ in halves], [b for _, b in halves])
-                loss = loss + self.config.deep_consistency_weight * deep
-        loss.backward()
+        k = ocfg.accumulate
+        parts = [
+            (a, b) for a, b in zip(x.tensor_split(k), target.tensor_split(k), strict=True) if len(a)
+        ]
+        totals = x.new_zeros(5, dtype=torch.float32)
+        with mosa.shared_routes(self.model, x.shape[0], passes=2 if self.two_pass else 1) as r:
+            for i, (xs, ys) in enumerate(parts):
+                # DDP all-reduces the gradients once, after the step's last micro-batch
+                last = i == len(parts) - 1 or self.ddp_module is None
+                with contextlib.nullcontext() if last else self.ddp_module.no_sync():
+                    totals += self._micro_step(r, xs, ys, t, xs.shape[0] / x.shape[0])
         if ocfg.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, ocfg.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in self.params if p.grad is not None]
             )
-        zero = loss.new_zeros(())
         # one device-to-host copy per step for every number the loop needs
-        loss_v, ce_v, kl_v, deep_v, correct, norm_v = torch.stack(
-            [
-                loss.detach(),
-                ce.detach(),
-                kl.detach() if kl is not None else zero,
-                deep.detach() if deep is not None else zero,
-                (logits.detach().argmax(dim=-1) == target).sum().float(),
-                norm.detach().float().to(loss.device),
-            ]
-        ).tolist()
+        stats = torch.cat([totals, norm.detach().float().to(totals.device).view(1)]).tolist()
+        loss_v, ce_v, kl_v, deep_v, correct, norm_v = stats
         bad = not (math.isfinite(loss_v) and math.isfinite(norm_v))
         if any_true(bad, self.info):
             quantity, value = (
@@ -810,6 +798,39 @@ class _Run:
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": loss_v, "ce": ce_v, "kl": kl_v, "deep": deep_v, "correct": correct}
+
+    def _micro_step(
+        self, routes: SharedRoutes, x: torch.Tensor, target: torch.Tensor, t: int, share: float
+    ) -> torch.Tensor:
+        """Forward and backward of one micro-batch (``share`` of the step's images; its loss
+        is weighted by it, so the gradients add up to the whole batch's mean). Returns its
+        weighted loss, CE, KL, deep term and correct count."""
+        ocfg = self.config.optim
+        if self.capture is not None:
+            self.capture.take()
+        kl = deep = None
+        with autocast(self.device, self.amp):
+            logits, *second = routes.forward(x, lambda xx: self._forward(xx, t, ddp=True))
+        loss = ce = classification_loss(logits, target, ocfg.label_smoothing)
+        if second:
+            if self.consistency > 0:
+                kl = symmetric_kl(logits, second[0])
+                loss = loss + self.consistency * kl
+            if self.capture is not None:
+                halves = [h.chunk(2) for h in self.capture.take()]
+                deep = hidden_consistency([a for a, _ in halves], [b for _, b in halves])
+                loss = loss + self.config.deep_consistency_weight * deep
+        (loss * share).backward()
+        zero = loss.new_zeros(())
+        return torch.stack(
+            [
+                loss.detach() * share,
+                ce.detach() * share,
+                (kl.detach() if kl is not None else zero) * share,
+                (deep.detach() if deep is not None else zero) * share,
+                (logits.detach().argmax(dim=-1) == target).sum().float(),
+            ]
+        ).float()
 
     # ------------------------------------------------------------------ helpers
     def _bar(self, epoch: int, steps: int) -> Any:
