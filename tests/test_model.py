@@ -16,7 +16,8 @@ from mosa import MethodConfig
 from mosa.adapters.adapter import Adapter
 from mosa.adapters.lora import LoRA, LoRABranch
 from mosa.adapters.sparse import MoSALinear
-from mosa.model import PREFIX, adapter_state_dict, config_of, mosa_modules
+from mosa.model import PREFIX, adapter_state_dict, mosa_modules
+from mosa.state import config_of
 
 MakeModel = Callable[..., nn.Module]
 STYLES = ("adaptformer", "pfeiffer", "houlsby")
@@ -244,7 +245,7 @@ def test_swin_sample_routing_routes_every_window_of_an_image_to_its_expert(
     assert any(len(set(p.tolist())) > 1 for p in picks.values())  # images differ somewhere
     for i in range(len(x)):
         for n, m in split_modules(model):
-            m._draw = lambda k, p=picks[n][i]: p.view(1).repeat(k)  # type: ignore[method-assign]
+            m.draw = lambda k, p=picks[n][i]: p.view(1).repeat(k)  # type: ignore[method-assign]
         with torch.no_grad():
             alone = model(x[i : i + 1])
         torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-6)
