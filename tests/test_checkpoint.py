@@ -16,7 +16,7 @@ import mosa
 import mosa.io
 from mosa import CheckpointError, MethodConfig
 from mosa.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from mosa.state import config_of, find_state
+from mosa.state import find_state, state_of
 
 MakeModel = Callable[..., nn.Module]
 STYLES = ("adaptformer", "pfeiffer", "houlsby")
@@ -141,7 +141,7 @@ def test_eval_output_survives_merge_and_save_load(
         fresh = mosa.load_adapter(make_model("vit"), tmp_path / sub)
         torch.testing.assert_close(eval_out(fresh, images), ref, rtol=0, atol=1e-5, msg=sub)
         assert mosa.summary(fresh)["merged"] == (sub == "merged")
-        assert config_of(fresh) == MethodConfig(**kw)
+        assert state_of(fresh).config == MethodConfig(**kw)
     # an unmerged checkpoint resumes training: the partitions and the routing come back
     resumed = mosa.load_adapter(make_model("vit"), tmp_path / "raw")
     assert not mosa.summary(resumed)["merged"]

@@ -17,7 +17,7 @@ from mosa.adapters.adapter import Adapter
 from mosa.adapters.lora import LoRA, LoRABranch
 from mosa.adapters.sparse import MoSALinear
 from mosa.model import PREFIX, adapter_state_dict, mosa_modules
-from mosa.state import config_of
+from mosa.state import state_of
 
 MakeModel = Callable[..., nn.Module]
 STYLES = ("adaptformer", "pfeiffer", "houlsby")
@@ -95,7 +95,7 @@ def test_inject_returns_model_and_records_config(make_model: MakeModel) -> None:
     cfg = MethodConfig(method="mosa", bottleneck=8)
     model = make_model("vit")
     assert mosa.inject(model, cfg) is model
-    assert config_of(model) is cfg
+    assert state_of(model).config is cfg
     assert mosa.summary(model)["merged"] is False
 
 
@@ -566,7 +566,7 @@ def test_deepcopy_is_independent(
     twin.eval()
     with torch.no_grad():
         torch.testing.assert_close(twin(images), ref, rtol=0, atol=0)
-    assert config_of(twin) == config_of(model)
+    assert state_of(twin).config == state_of(model).config
     # every hook of the copy is bound to a module of the copy
     own = {id(m) for m in twin.modules()}
     theirs = {id(m) for m in model.modules()}

@@ -42,11 +42,6 @@ def state_of(model: nn.Module) -> MethodState:
     return state
 
 
-def config_of(model: nn.Module) -> MethodConfig:
-    """The method config a model was injected with (``ValueError`` if it was not)."""
-    return state_of(model).config
-
-
 def set_state(model: nn.Module, state: MethodState) -> None:
     """Give ``model`` its state: a plain attribute, neither a submodule nor in state_dict()."""
     model.mosa_state = state
