@@ -23,6 +23,7 @@ from mosa.config import (
     Part,
     register_method,
 )
+from mosa.state import Layer
 
 
 def route_seed(seed: int, index: int) -> int:
@@ -43,7 +44,7 @@ class Injection:
         self.training = model.training
         self.ref = next(model.parameters())
         self.block = ""  # dotted name of the block being injected
-        self.layers: dict[str, nn.Module] = {}
+        self.layers: dict[str, Layer] = {}
 
     def route_seed(self) -> int:
         seed = route_seed(self.config.seed, self.index)
@@ -55,7 +56,7 @@ class Injection:
         module.train(self.training)
         return module.to(device=self.ref.device, dtype=self.ref.dtype)
 
-    def add(self, path: str, layer: nn.Module) -> None:
+    def add(self, path: str, layer: Layer) -> None:
         """Record ``layer``, attached at ``path`` in the current block, as one of the model's
         layers (:class:`mosa.state.MethodState`)."""
         self.layers[f"{self.block}.{path}" if self.block else path] = layer

@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from mosa.config import MethodConfig
+
+
+class Layer(Protocol):
+    """What a method's layer (:class:`~mosa.adapters.adapter.Adapter`,
+    :class:`~mosa.adapters.lora.LoRA`) does for :func:`mosa.merge` / :func:`mosa.unmerge`,
+    which only walk the layers. ``parent`` is the module the layer is attached to."""
+
+    folds: bool  # whether merging folds it into ``parent`` and removes it
+
+    @property
+    def restorable(self) -> bool: ...
+
+    def check_mergeable(self) -> None: ...
+
+    def merge(self, parent: nn.Module) -> None: ...
+
+    def unmerge(self, parent: nn.Module) -> None: ...
+
+    def forget_merge(self) -> None: ...
+
+    def detach(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -22,7 +44,7 @@ class MethodState:
     """
 
     config: MethodConfig
-    layers: dict[str, nn.Module] = field(default_factory=dict)
+    layers: dict[str, Layer] = field(default_factory=dict)
     merged: bool = False
     folded: list[str] = field(default_factory=list)
     hooks: list[RemovableHandle] = field(default_factory=list)
