@@ -52,7 +52,7 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
     if arch is not None:
         for block_name, block in arch.blocks(model):
             ctx.block = block_name
-            for part in spec.parts:  # in order: adapters, then LoRA, as before
+            for part in spec.parts:  # in the order the spec lists them
                 part.inject(block, arch, ctx)
         if spec.sparse and config.routing == "sample":
             state.hooks.append(model.register_forward_pre_hook(_record_batch_size))
