@@ -16,6 +16,7 @@ import mosa
 import mosa.io
 from mosa import CheckpointError, MethodConfig
 from mosa.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from mosa.state import find_state, state_of
 
 MakeModel = Callable[..., nn.Module]
 STYLES = ("adaptformer", "pfeiffer", "houlsby")
@@ -140,7 +141,7 @@ def test_eval_output_survives_merge_and_save_load(
         fresh = mosa.load_adapter(make_model("vit"), tmp_path / sub)
         torch.testing.assert_close(eval_out(fresh, images), ref, rtol=0, atol=1e-5, msg=sub)
         assert mosa.summary(fresh)["merged"] == (sub == "merged")
-        assert fresh.mosa_config == MethodConfig(**kw)
+        assert state_of(fresh).config == MethodConfig(**kw)
     # an unmerged checkpoint resumes training: the partitions and the routing come back
     resumed = mosa.load_adapter(make_model("vit"), tmp_path / "raw")
     assert not mosa.summary(resumed)["merged"]
@@ -450,7 +451,7 @@ def test_refused_load_leaves_the_model_untouched(make_model: MakeModel, saved: P
     model = make_model("vit", num_classes=7)
     with pytest.raises(CheckpointError):
         mosa.load_adapter(model, saved)
-    assert getattr(model, "mosa_config", None) is None
+    assert find_state(model) is None
     assert all(p.requires_grad for p in model.parameters())
 
 

@@ -10,6 +10,17 @@ import pickle
 import pytest
 
 from mosa import ConfigError, MethodConfig
+from mosa import config as config_module
+from mosa.config import (
+    LORA_FIELDS,
+    KeyChecked,
+    MethodSpec,
+    method_names,
+    method_spec,
+    register_method,
+)
+from mosa.engine.config import DataConfig, EvalConfig, OptimConfig, TrainConfig
+from mosa.methods import LORA
 
 
 def test_defaults_follow_the_published_recipe() -> None:
@@ -161,19 +172,23 @@ def test_copy_pickle_and_replace() -> None:
         dataclasses.replace(c, rank=0)
 
 
-def test_a_registered_method_is_a_valid_name_and_injects_its_parts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Methods registered in a test are gone after it."""
+    monkeypatch.setattr(config_module, "_METHODS", dict(config_module._METHODS))
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_registered_method_is_a_valid_name_and_injects_its_parts() -> None:
     import timm
     import torch
 
     import mosa
-    from mosa import config as config_module
 
-    spec = config_module.MethodSpec("my_lora", ("lora",))
-    monkeypatch.setitem(config_module._METHODS, spec.name, spec)
+    register_method(MethodSpec("my_lora", (LORA,), LORA_FIELDS))
     cfg = MethodConfig(method="my_lora", rank=2)
     assert cfg.uses_lora and not cfg.is_mosa and not cfg.uses_adapter
+    assert "my_lora" in method_names()
 
     def tiny() -> torch.nn.Module:
         torch.manual_seed(0)
@@ -186,3 +201,25 @@ def test_a_registered_method_is_a_valid_name_and_injects_its_parts(
     assert all(torch.equal(mine[k], lora[k]) for k in mine)
     with pytest.raises(ConfigError, match="my_lor"):
         MethodConfig(method="my_lor")
+
+
+@pytest.mark.usefixtures("registry")
+def test_a_method_naming_an_unknown_field_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'rnk'.*'rank'"):
+        register_method(MethodSpec("bad_lora", (LORA,), ("rnk",)))
+    assert "bad_lora" not in method_names()
+
+
+def test_the_built_in_methods_name_the_fields_they_read() -> None:
+    assert method_names()[:6] == ("linear", "full", "adapter", "lora", "mosa", "mosa_lora")
+    assert "rank" not in method_spec("adapter").fields
+    assert "bottleneck" not in method_spec("lora").fields
+    assert "num_experts" in method_spec("mosa_lora").fields
+    assert method_spec("linear").fields == () and method_spec("linear").parts == ()
+
+
+def test_every_config_dataclass_checks_its_keys() -> None:
+    for cls in (MethodConfig, DataConfig, OptimConfig, EvalConfig, TrainConfig):
+        assert issubclass(cls, KeyChecked)
+        with pytest.raises(ConfigError, match=f"unknown {cls.__name__} option 'sed'"):
+            cls(sed=1)

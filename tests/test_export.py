@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mosa
-from mosa.engine.multitask import TaskView, attach_task_heads
+from mosa.heads import TaskView, attach_task_heads
 
 MakeModel = Callable[..., nn.Module]
 NUM_CLASSES = 5  # conftest's tiny models

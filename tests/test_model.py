@@ -16,7 +16,8 @@ from mosa import MethodConfig
 from mosa.adapters.adapter import Adapter
 from mosa.adapters.lora import LoRA, LoRABranch
 from mosa.adapters.sparse import MoSALinear
-from mosa.model import PREFIX, adapter_state_dict, config_of, mosa_modules
+from mosa.model import PREFIX, adapter_state_dict, mosa_modules
+from mosa.state import state_of
 
 MakeModel = Callable[..., nn.Module]
 STYLES = ("adaptformer", "pfeiffer", "houlsby")
@@ -94,7 +95,7 @@ def test_inject_returns_model_and_records_config(make_model: MakeModel) -> None:
     cfg = MethodConfig(method="mosa", bottleneck=8)
     model = make_model("vit")
     assert mosa.inject(model, cfg) is model
-    assert config_of(model) is cfg
+    assert state_of(model).config is cfg
     assert mosa.summary(model)["merged"] is False
 
 
@@ -244,7 +245,7 @@ def test_swin_sample_routing_routes_every_window_of_an_image_to_its_expert(
     assert any(len(set(p.tolist())) > 1 for p in picks.values())  # images differ somewhere
     for i in range(len(x)):
         for n, m in split_modules(model):
-            m._draw = lambda k, p=picks[n][i]: p.view(1).repeat(k)  # type: ignore[method-assign]
+            m.draw = lambda k, p=picks[n][i]: p.view(1).repeat(k)  # type: ignore[method-assign]
         with torch.no_grad():
             alone = model(x[i : i + 1])
         torch.testing.assert_close(alone[0], batch[i], rtol=1e-5, atol=1e-6)
@@ -565,7 +566,7 @@ def test_deepcopy_is_independent(
     twin.eval()
     with torch.no_grad():
         torch.testing.assert_close(twin(images), ref, rtol=0, atol=0)
-    assert config_of(twin) == config_of(model)
+    assert state_of(twin).config == state_of(model).config
     # every hook of the copy is bound to a module of the copy
     own = {id(m) for m in twin.modules()}
     theirs = {id(m) for m in model.modules()}

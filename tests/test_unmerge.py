@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,7 @@ import torch
 
 import mosa
 from mosa import MethodConfig
+from mosa.state import find_state, state_of
 
 METHODS = {
     "adapter": MethodConfig(method="adapter", bottleneck=4),
@@ -49,7 +52,7 @@ def test_merge_then_unmerge_trains_on_exactly_as_before(
         torch.cat([s.flatten() for s in mosa.get_rng_state(straight).values()] or [torch.zeros(0)]),
         torch.cat([s.flatten() for s in mosa.get_rng_state(detour).values()] or [torch.zeros(0)]),
     )
-    assert not detour.mosa_merged
+    assert not state_of(detour).merged
     assert torch.isfinite(merged_logits).all()
 
 
@@ -63,7 +66,7 @@ def test_merge_refuses_nan_and_leaves_the_model_unchanged(model_of: Any, train: 
     poisoned = _state(model)
     with pytest.raises(ValueError, match="NaN or inf"):
         mosa.merge(model)
-    assert not model.mosa_merged
+    assert not state_of(model).merged
     after = _state(model)
     assert after.keys() == before.keys()
     for k in after:
@@ -108,5 +111,9 @@ def test_unmerge_follows_dtype_and_mode_changes_made_while_merged(
 def test_eject_forgets_what_unmerge_would_restore(model_of: Any) -> None:
     model = model_of("lora")
     mosa.merge(model)
+    kept = [weakref.ref(layer) for layer in state_of(model).layers.values()]
+    assert kept and all(ref() is not None for ref in kept)  # the folded LoRA, kept for unmerge
     mosa.model.eject(model)
-    assert not any("mosa_folded_lora" in m.__dict__ for m in model.modules())
+    gc.collect()
+    assert find_state(model) is None
+    assert all(ref() is None for ref in kept)  # nothing holds them (or their weight copies)

@@ -14,7 +14,8 @@ from torch import nn
 from mosa._version import __version__
 from mosa.config import MethodConfig
 from mosa.io import atomic_save_safetensors, atomic_write_json
-from mosa.model import adapter_state_dict, config_of, eject, forget_unmerge, inject, merge
+from mosa.model import adapter_state_dict, eject, forget_unmerge, inject, merge
+from mosa.state import find_state, state_of
 
 FORMAT = "mosa-adapter"
 FORMAT_VERSION = 1
@@ -29,7 +30,7 @@ class CheckpointError(ValueError):
 def backbone_name(model: nn.Module) -> str | None:
     """timm's architecture name of ``model`` (from its pretrained_cfg), if known."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or getattr(model, "mosa_backbone", None)
+    return cfg.get("architecture")
 
 
 def num_classes_of(model: nn.Module) -> int | None:
@@ -38,7 +39,7 @@ def num_classes_of(model: nn.Module) -> int | None:
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     """Write only what was trained (plus partitions and initial values needed to resume)."""
-    cfg = config_of(model)
+    state = state_of(model)
     directory = Path(directory)
     tensors = adapter_state_dict(model)
     meta = {
@@ -46,9 +47,9 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         "format_version": FORMAT_VERSION,
         "backbone": backbone_name(model),
         "num_classes": num_classes_of(model),
-        "method": cfg.to_dict(),
-        "merged": bool(getattr(model, "mosa_merged", False)),
-        "folded": list(getattr(model, "mosa_folded", [])),
+        "method": state.config.to_dict(),
+        "merged": state.merged,
+        "folded": list(state.folded),
         "versions": {"torch": torch.__version__, "mosa": __version__},
     }
     atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -95,8 +96,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
             f"{directory} was trained on backbone {want!r} but the model is {have!r}: "
             f"create the model with timm.create_model({want!r}, ...)"
         )
-    current = getattr(model, "mosa_config", None)
-    if current is None:
+    state = find_state(model)
+    if state is None:
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         inject(model, cfg)
         try:
@@ -104,9 +105,11 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
         except BaseException:
             eject(model, flags)  # a refused load leaves the model as it was
             raise
-    if current != cfg:
+    if state.config != cfg:
         diff = {
-            k: (v, cfg.to_dict()[k]) for k, v in current.to_dict().items() if cfg.to_dict()[k] != v
+            k: (v, cfg.to_dict()[k])
+            for k, v in state.config.to_dict().items()
+            if cfg.to_dict()[k] != v
         }
         raise CheckpointError(
             f"{directory} was saved with a different method config; differing fields "
@@ -116,7 +119,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Modu
 
 
 def _load_into(model: nn.Module, directory: Path, meta: dict[str, Any]) -> nn.Module:
-    if meta.get("merged") and not getattr(model, "mosa_merged", False):
+    if meta.get("merged") and not state_of(model).merged:
         merge(model)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():

@@ -1,10 +1,12 @@
-"""Typed, validated configuration of a fine-tuning method (PEFT-style dataclass with JSON round trip)."""
+"""Typed, validated configuration of a fine-tuning method (PEFT-style dataclass with JSON round
+trip) and the registry of methods (timm-style: a method is one :func:`register_method` call)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,80 +23,112 @@ DEFAULT_SCALE = {"adaptformer": 0.1, "pfeiffer": 1.0, "houlsby": 1.0}
 # The reference code's Pfeiffer and Houlsby adapters have no dropout.
 DEFAULT_DROPOUT = {"adaptformer": 0.1, "pfeiffer": 0.0, "houlsby": 0.0}
 
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method name means: the parts it adds to every block (``"adapter"``, ``"lora"``;
-    each part's injector is registered in :mod:`mosa.model`), whether their projections are
-    split into sparse experts, and whether the backbone trains (and is saved) too."""
-
-    name: str
-    parts: tuple[str, ...] = ()
-    sparse: bool = False
-    trains_backbone: bool = False
-
-
-_METHODS: dict[str, MethodSpec] = {}
-
-
-def register_method(spec: MethodSpec) -> MethodSpec:
-    """Make ``spec.name`` a valid ``MethodConfig.method`` (timm-style registry)."""
-    _METHODS[spec.name] = spec
-    return spec
-
-
-def method_spec(name: str) -> MethodSpec:
-    """The registered :class:`MethodSpec` of a method name."""
-    _choice("method", name, tuple(_METHODS))
-    return _METHODS[name]
-
-
-for _spec in (
-    MethodSpec("linear"),
-    MethodSpec("full", trains_backbone=True),
-    MethodSpec("adapter", ("adapter",)),
-    MethodSpec("lora", ("lora",)),
-    MethodSpec("mosa", ("adapter",), sparse=True),
-    MethodSpec("mosa_lora", ("lora",), sparse=True),
-):
-    register_method(_spec)
-METHODS = tuple(_METHODS)  # the built-in methods
+# the MethodConfig fields each kind of part reads
+ADAPTER_FIELDS = ("style", "bottleneck", "scale", "dropout", "seed")
+LORA_FIELDS = ("rank", "alpha", "targets", "seed")
+EXPERT_FIELDS = ("num_experts", "share", "granularity", "merge", "routing", "bias")
 
 
 class ConfigError(ValueError, TypeError):
     """A configuration key or value is unknown or impossible; the message names the field."""
 
 
-def _check_keys(cls: type, keys: Any) -> None:
-    names = [f.name for f in dataclasses.fields(cls)]
-    for k in keys:
-        if k not in names:
-            hint = difflib.get_close_matches(k, names, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(
-                f"unknown {cls.__name__} option {k!r}{extra}; known: {', '.join(names)}"
-            )
+class KeyChecked:
+    """Base of every config dataclass: an unknown keyword, given to the constructor or to
+    ``from_dict``, is a :class:`ConfigError` naming it and the closest known field (the
+    generated ``__init__`` would raise a bare ``TypeError``)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # checked before the generated __init__ runs
+        cls.check_keys(kwargs)
+        return super().__new__(cls)
+
+    @classmethod
+    def check_keys(cls, keys: Iterable[str]) -> None:
+        """``ConfigError`` for the first of ``keys`` that is not a field of ``cls``."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        for k in keys:
+            if k not in names:
+                hint = difflib.get_close_matches(k, names, n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(
+                    f"unknown {cls.__name__} option {k!r}{extra}; known: {', '.join(names)}"
+                )
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _choice(name: str, value: Any, allowed: Iterable[str]) -> None:
+    """``ConfigError`` naming field ``name`` (and the closest allowed value) when ``value`` is
+    not one of ``allowed``."""
+    allowed = tuple(allowed)
     if value not in allowed:
         hint = difflib.get_close_matches(str(value), allowed, n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}{extra}")
 
 
+# (block, architecture, injection) -> None: adds one part to a block (see mosa.methods)
+Injector = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Part:
+    """A kind of module a method adds to every block: its name (``"adapter"``, ``"lora"``)
+    and the injector that adds it."""
+
+    name: str
+    inject: Injector
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method name means: the parts it adds to every block, in order; the
+    :class:`MethodConfig` fields it reads; whether its projections are split into sparse
+    experts; and whether the backbone trains (and is saved) too."""
+
+    name: str
+    parts: tuple[Part, ...] = ()
+    fields: tuple[str, ...] = ()
+    sparse: bool = False
+    trains_backbone: bool = False
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parts)
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Make ``spec.name`` a valid ``MethodConfig.method``: the one registration of a method.
+    ``spec.fields`` must name :class:`MethodConfig` fields (``ConfigError`` otherwise)."""
+    MethodConfig.check_keys(spec.fields)
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The registered :class:`MethodSpec` of a method name."""
+    _choice("method", name, _METHODS)
+    return _METHODS[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method name, in registration order (the built-in ones first)."""
+    return tuple(_METHODS)
+
+
 @dataclass
-class MethodConfig:
+class MethodConfig(KeyChecked):
     """How a backbone is adapted: the method and every option it takes.
 
     ``method`` is one of ``linear`` (head only), ``full``, ``adapter``, ``lora``, ``mosa``
-    (MoSA on the adapter) and ``mosa_lora`` (MoSA on LoRA). Options that a method does not
-    use are kept (so one config can be swept over methods) but still validated.
+    (MoSA on the adapter), ``mosa_lora`` (MoSA on LoRA), or a name given to
+    :func:`register_method`. Options that a method does not use (see ``MethodSpec.fields``)
+    are kept, so one config can be swept over methods, but still validated.
 
-    The MoSA defaults are the paper's (N=4, share=down, element partition, batch routing, mean
-    merge, one bias per expert): neither the study nor the 3-seed accuracy table in the README
-    found a MoSA setting, chosen on validation data, that beats its dense counterpart by more
-    than a seed spread, so the library does not depart from the paper.
+    The MoSA defaults are the paper's (N=4, share=down, element partition, batch routing,
+    mean merge, one bias per expert); docs/method_notes.md says why they stay.
 
     ``scale`` and ``dropout`` default by style (None): 0.1 and 0.1 for AdaptFormer, 1 and 0
     for Pfeiffer and Houlsby. ``bias`` says how a split projection's bias is trained:
@@ -122,11 +156,6 @@ class MethodConfig:
     routing: str = "batch"
     bias: str = "expert"
     seed: int = 3407
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> MethodConfig:
-        # Checked before the generated __init__ so a typo gets a suggestion, not a bare TypeError.
-        _check_keys(cls, kwargs)
-        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -177,11 +206,11 @@ class MethodConfig:
 
     @property
     def uses_adapter(self) -> bool:
-        return "adapter" in self.spec.parts
+        return "adapter" in self.spec.part_names
 
     @property
     def uses_lora(self) -> bool:
-        return "lora" in self.spec.parts
+        return "lora" in self.spec.part_names
 
     @property
     def adapter_scale(self) -> float:
@@ -215,7 +244,6 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MethodConfig:
         """Build from a mapping, with a clear error for a misspelt key."""
-        _check_keys(cls, d)
         return cls(**d)
 
     def to_json(self) -> str:

@@ -8,7 +8,7 @@ or full tuning never added a module, so nothing of mosa is left: :func:`export_t
 written this way; save those with :func:`mosa.save_adapter` and load them with
 :func:`mosa.load_adapter`.
 
-A multi-task model (one head per task, see :mod:`mosa.engine.multitask`) is exported for one
+A multi-task model (one head per task, see :mod:`mosa.heads`) is exported for one
 task: that task's head (its rows of a joint head) becomes the timm classifier.
 """
 
@@ -22,8 +22,18 @@ import torch
 from torch import nn
 
 from mosa.checkpoint import backbone_name
+from mosa.heads import (
+    HEADS,
+    JOINT_HEAD,
+    has_task_heads,
+    is_joint,
+    label_offset,
+    task_classes,
+    task_names,
+)
 from mosa.io import atomic_save_safetensors, atomic_write_json
 from mosa.model import head_module_name, is_mosa_name
+from mosa.state import find_state
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "ExportError", "export_timm", "plain_state_dict"]
 
@@ -44,21 +54,18 @@ class ExportError(ValueError):
         self.reason = reason
 
 
-def _method(model: nn.Module) -> str:
-    config = getattr(model, "mosa_config", None)
-    return str(config.method) if config is not None else "the model"
-
-
 def _check_no_adapter(
-    model: nn.Module, state: dict[str, torch.Tensor], heads: tuple[str, ...]
+    model: nn.Module, weights: dict[str, torch.Tensor], head_names: tuple[str, ...]
 ) -> None:
     """An ExportError when the model is unmerged or still holds mosa modules (task heads aside)."""
-    if getattr(model, "mosa_config", None) is not None and not getattr(model, "mosa_merged", False):
+    state = find_state(model)
+    if state is not None and not state.merged:
         raise ExportError("the model is not merged: call mosa.merge(model) first", "unmerged")
-    leftover = [k for k in state if k.split(".")[0] not in heads and is_mosa_name(k)]
+    leftover = [k for k in weights if k.split(".")[0] not in head_names and is_mosa_name(k)]
     if leftover:
+        method = state.config.method if state is not None else "the model"
         raise ExportError(
-            f"{_method(model)} keeps its adapter modules after merging (e.g. {leftover[0]}): "
+            f"{method} keeps its adapter modules after merging (e.g. {leftover[0]}): "
             "save it with mosa.save_adapter and load it with mosa.load_adapter",
             "adapter",
         )
@@ -66,13 +73,13 @@ def _check_no_adapter(
 
 def _with_head(
     state: dict[str, torch.Tensor],
-    heads: tuple[str, ...],
+    head_names: tuple[str, ...],
     head: str,
     linear: nn.Module,
     rows: slice,
 ) -> dict[str, torch.Tensor]:
     """``state`` without the task heads and with ``linear``'s ``rows`` as the timm classifier."""
-    plain = {k: v for k, v in state.items() if k.split(".")[0] not in heads}
+    plain = {k: v for k, v in state.items() if k.split(".")[0] not in head_names}
     plain[f"{head}.weight"] = linear.weight.detach()[rows].clone()
     plain[f"{head}.bias"] = linear.bias.detach()[rows].clone()
     return plain
@@ -80,19 +87,15 @@ def _with_head(
 
 def _plain(model: nn.Module, task: str | None) -> tuple[dict[str, torch.Tensor], int | None]:
     """The plain timm state_dict of a merged model and its class count."""
-    # lazy: ``import mosa`` imports this module, and mosa.engine's package __init__ loads the
-    # trainer, which imports the package root: at the top, ``import mosa`` would be circular
-    from mosa.engine import multitask
-
     state = model.state_dict()
-    heads = (multitask.HEADS, multitask.JOINT_HEAD)
-    _check_no_adapter(model, state, heads)
-    if not multitask.has_task_heads(model):
+    head_names = (HEADS, JOINT_HEAD)
+    _check_no_adapter(model, state, head_names)
+    if not has_task_heads(model):
         if task is not None:
             raise ValueError(f"task={task!r}, but the model has no task heads: pass task=None")
         return state, getattr(model, "num_classes", None)
     if task is None:
-        names = multitask.task_names(model)
+        names = task_names(model)
         raise ExportError(
             f"a plain timm model has one classifier and this model has {len(names)} task heads "
             f"({', '.join(names)}): pass task=NAME to export one task's model",
@@ -105,12 +108,10 @@ def _plain(model: nn.Module, task: str | None) -> tuple[dict[str, torch.Tensor],
             "classifier",
         )
     # the task's own head, or its rows of the joint head over every task's classes
-    joint = multitask.is_joint(model)
-    linear = (
-        getattr(model, multitask.JOINT_HEAD) if joint else getattr(model, multitask.HEADS)[task]
-    )
-    offset, count = multitask.label_offset(model, task), multitask.task_classes(model, task)
-    return _with_head(state, heads, head, linear, slice(offset, offset + count)), count
+    joint = is_joint(model)
+    linear = getattr(model, JOINT_HEAD) if joint else getattr(model, HEADS)[task]
+    offset, count = label_offset(model, task), task_classes(model, task)
+    return _with_head(state, head_names, head, linear, slice(offset, offset + count)), count
 
 
 def plain_state_dict(model: nn.Module, task: str | None = None) -> dict[str, torch.Tensor]:

@@ -4,47 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
 
-from mosa.adapters.adapter import Adapter
-from mosa.adapters.lora import LoRA
 from mosa.adapters.sparse import MoSALinear
 from mosa.backbones.arch import Architecture, find_architecture
 from mosa.config import MethodConfig
+from mosa.methods import Injection
+from mosa.state import MethodState, clear_state, find_state, set_state, state_of
 
 PREFIX = "mosa_"  # every submodule mosa adds is registered under a name starting with this
-
-
-def config_of(model: nn.Module) -> MethodConfig:
-    """The method config a model was injected with (error if it was not)."""
-    cfg = getattr(model, "mosa_config", None)
-    if cfg is None:
-        raise ValueError("this model has no mosa method: call mosa.inject(model, config) first")
-    return cfg
-
-
-def _route_seed(seed: int, index: int) -> int:
-    # distinct, reproducible stream per split projection (each site uses a few consecutive seeds)
-    return (seed * 1_000_003 + 64 * index) % (2**63 - 1)
-
-
-_HANDLES = "mosa_hook_handles"
-_FOLDED_LORA = "mosa_folded_lora"
-
-
-def _attach_hook(owner: nn.Module, site: nn.Module, hook: Any, pre: bool = False) -> None:
-    """Hook ``site`` and keep the handle on ``owner`` (the module the hook belongs to), so
-    removing the owner removes exactly its hooks."""
-    handle = site.register_forward_pre_hook(hook) if pre else site.register_forward_hook(hook)
-    owner.__dict__.setdefault(_HANDLES, []).append(handle)
-
-
-def _detach_hooks(owner: nn.Module) -> None:
-    for handle in owner.__dict__.pop(_HANDLES, []):
-        handle.remove()
 
 
 def head_module_name(model: nn.Module) -> str | None:
@@ -59,82 +29,17 @@ def head_module_name(model: nn.Module) -> str | None:
     return None
 
 
-def _reference_param(model: nn.Module) -> torch.Tensor:
-    return next(model.parameters())
-
-
-class _Injection:
-    """What a part's injector needs: the method config, the seeded generator shared by every
-    new module, and the running index that gives each one its own routing seed."""
-
-    def __init__(self, model: nn.Module, config: MethodConfig) -> None:
-        self.config = config
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.index = 0
-        self.training = model.training
-        self.ref = _reference_param(model)
-
-    def route_seed(self) -> int:
-        seed = _route_seed(self.config.seed, self.index)
-        self.index += 1
-        return seed
-
-    def place(self, module: nn.Module) -> nn.Module:
-        module.train(self.training)
-        return module.to(device=self.ref.device, dtype=self.ref.dtype)
-
-
-def _inject_adapters(block: nn.Module, arch: Architecture, ctx: _Injection) -> None:
-    for site in arch.adapter_sites(block, ctx.config.style):
-        ad = Adapter.from_config(
-            site.dim,
-            ctx.config,
-            ctx.generator,
-            ctx.route_seed(),
-            channels_first=site.channels_first,
-            to_nchw=site.to_nchw,
-        )
-        block.add_module(site.name, ctx.place(ad))
-        if site.mode == "parallel_tap":
-            _attach_hook(ad, site.tap, ad.tap_hook, pre=True)
-            _attach_hook(ad, site.hooked, ad.parallel_tap_hook)
-        elif site.mode == "residual":
-            _attach_hook(ad, site.tap, ad.residual_tap_hook, pre=True)
-            _attach_hook(ad, site.hooked, ad.residual_add_hook)
-        elif site.mode == "parallel":
-            _attach_hook(ad, site.hooked, ad.parallel_hook)
-        else:
-            _attach_hook(ad, site.hooked, ad.sequential_hook)
-
-
-def _inject_lora(block: nn.Module, arch: Architecture, ctx: _Injection) -> None:
-    available = arch.lora_targets(block)
-    by_path: dict[str, dict[str, slice]] = {}
-    for t in ctx.config.targets:
-        for target in available[t]:
-            by_path.setdefault(target.path, {}).update(target.parts)
-    for path, parts in by_path.items():
-        layer = block.get_submodule(path)
-        lora = LoRA.from_config(layer, parts, ctx.config, ctx.generator, ctx.route_seed())
-        layer.add_module(PREFIX + "lora", ctx.place(lora))
-        _attach_hook(lora, layer, lora.hook)
-
-
-PartInjector = Callable[[nn.Module, Architecture, _Injection], None]
-# how each part of a registered method (mosa.config.MethodSpec.parts) enters a block
-PART_INJECTORS: dict[str, PartInjector] = {"adapter": _inject_adapters, "lora": _inject_lora}
-
-
 def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
     """Add ``config``'s method to every block of a timm model, in place, and return the model.
 
     The backbone is frozen (except for methods that train it, ``full``), the classifier head
     stays trainable, and new modules are registered under ``mosa_*`` names and attached with
-    forward hooks, so the backbone's own parameter names and classes are untouched.
+    forward hooks, so the backbone's own parameter names and classes are untouched. The
+    model's :class:`~mosa.state.MethodState` records the config and the new layers.
     """
     if not isinstance(config, MethodConfig):
         raise TypeError(f"config must be a mosa.MethodConfig, got {type(config).__name__}")
-    if getattr(model, "mosa_config", None) is not None:
+    if find_state(model) is not None:
         raise ValueError("this model already has a mosa method injected; create a fresh model")
     spec = config.spec
     arch = find_architecture(model) if spec.parts else None
@@ -142,20 +47,21 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
         _check_lora_targets(model, arch, config)
     for p in model.parameters():
         p.requires_grad_(spec.trains_backbone)
-    ctx = _Injection(model, config)
+    ctx = Injection(model, config)
+    state = MethodState(config)
     if arch is not None:
-        for _, block in arch.blocks(model):
-            for part in spec.parts:  # in order: adapters, then LoRA, as before
-                PART_INJECTORS[part](block, arch, ctx)
+        for block_name, block in arch.blocks(model):
+            ctx.block = block_name
+            for part in spec.parts:  # in the order the spec lists them
+                part.inject(block, arch, ctx)
         if spec.sparse and config.routing == "sample":
-            _attach_hook(model, model, _record_batch_size, pre=True)
+            state.hooks.append(model.register_forward_pre_hook(_record_batch_size))
     head = head_module_name(model)
     if head is not None:
         for p in model.get_submodule(head).parameters():
             p.requires_grad_(True)
-    model.mosa_config = config
-    model.mosa_merged = False
-    model.mosa_folded = []
+    state.layers = ctx.layers
+    set_state(model, state)
     return model
 
 
@@ -181,28 +87,27 @@ def _record_batch_size(model: nn.Module, args: tuple[object, ...]) -> None:
 def eject(model: nn.Module, requires_grad: dict[str, bool] | None = None) -> nn.Module:
     """Undo :func:`inject` on an unmerged model: remove mosa's modules and hooks, and restore
     ``requires_grad`` flags from ``requires_grad`` (name -> flag) when given."""
+    state = find_state(model)
+    if state is not None:
+        for layer in state.layers.values():
+            layer.detach()
+        for handle in state.hooks:
+            handle.remove()
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
+        for name, _ in list(parent.named_children()):
             if name.startswith(PREFIX):
-                _detach_hooks(child)
                 delattr(parent, name)
-    _detach_hooks(model)
     if requires_grad is not None:
         for n, p in model.named_parameters():
             if n in requires_grad:
                 p.requires_grad_(requires_grad[n])
-    forget_unmerge(model)
-    for attr in ("mosa_config", "mosa_merged", "mosa_folded"):
-        if attr in model.__dict__:
-            del model.__dict__[attr]
+    clear_state(model)  # with it, whatever unmerge would have restored
     return model
 
 
-def _replace_split_projections(model: nn.Module) -> None:
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, MoSALinear):
-                setattr(parent, child_name, child.merge())
+def _parent(model: nn.Module, name: str) -> nn.Module:
+    """The module a layer named ``name`` is (or was, before a merge) attached to."""
+    return model.get_submodule(name.rpartition(".")[0])
 
 
 @torch.no_grad()
@@ -212,42 +117,30 @@ def merge(model: nn.Module) -> nn.Module:
     MoSA experts become one dense projection (mean or sum rule); LoRA and MoSA-LoRA updates
     are folded into the backbone's own Linear weights and their modules removed, so such a
     model's ``state_dict()`` loads into an unmodified ``timm.create_model`` of the same name.
-    Non-finite merged values raise ``ValueError`` before anything changes that
-    :func:`unmerge` cannot undo.
+    Every layer merges itself; non-finite merged values raise ``ValueError`` before any
+    layer changes.
     """
-    config_of(model)
-    _check_finite_merge(model)
-    folded: list[str] = list(getattr(model, "mosa_folded", []))
-    for name, layer in list(model.named_modules()):
-        lora = getattr(layer, PREFIX + "lora", None)
-        if isinstance(layer, nn.Linear) and isinstance(lora, LoRA):
-            lora.merge(layer)
-            _detach_hooks(lora)
-            delattr(layer, PREFIX + "lora")
-            layer.__dict__[_FOLDED_LORA] = lora  # kept (outside state_dict) for unmerge
-            folded.append(name)
-    _replace_split_projections(model)
-    model.mosa_merged = True
-    model.mosa_folded = folded
+    state = state_of(model)
+    if state.merged:
+        return model
+    for name, layer in state.layers.items():
+        try:
+            layer.check_mergeable()
+        except ValueError as e:  # a merge is all or nothing
+            raise ValueError(f"{name}: {e} (the model is unchanged)") from None
+    for name, layer in state.layers.items():
+        layer.merge(_parent(model, name))
+    bases = {name.rpartition(".")[0] for name, layer in state.layers.items() if layer.folds}
+    state.folded = [name for name, _ in model.named_modules() if name in bases]
+    state.merged = True
     return model
 
 
 def forget_unmerge(model: nn.Module) -> None:
     """Drop what :func:`unmerge` would restore (after loading merged weights into a model that
     was merged only to take their shape, the kept experts would be untrained ones)."""
-    for m in model.modules():
-        m.__dict__.pop(_FOLDED_LORA, None)
-        MoSALinear.forget_merge(m)
-
-
-def _check_finite_merge(model: nn.Module) -> None:
-    """Refuse to merge NaN or inf before the first layer changes (a merge is all or nothing)."""
-    for name, m in model.named_modules():
-        if isinstance(m, LoRA | MoSALinear):
-            try:
-                m.check_mergeable()
-            except ValueError as e:
-                raise ValueError(f"{name}: {e} (the model is unchanged)") from None
+    for layer in state_of(model).layers.values():
+        layer.forget_merge()
 
 
 @torch.no_grad()
@@ -258,36 +151,18 @@ def unmerge(model: nn.Module) -> nn.Module:
     as if the model had never been merged. Until then a merged model keeps its experts and a
     copy of every LoRA-updated weight (:func:`forget_unmerge` frees them). A model loaded from
     a merged checkpoint cannot be unmerged (its experts are gone): ``ValueError``."""
-    cfg = config_of(model)
-    if not getattr(model, "mosa_merged", False):
+    state = state_of(model)
+    if not state.merged:
         return model
-    splits = [
-        (parent, name, split)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if (split := MoSALinear.unmerge_from(child)) is not None
-    ]
-    folded = {n: model.get_submodule(n) for n in getattr(model, "mosa_folded", [])}
-    if any(_FOLDED_LORA not in layer.__dict__ for layer in folded.values()) or (
-        cfg.is_mosa and cfg.uses_adapter and not splits
-    ):
+    if not all(layer.restorable for layer in state.layers.values()):
         raise ValueError(
             "this model was not merged in this process (e.g. loaded from a merged checkpoint): "
             "its experts or LoRA branches are gone, so it cannot be unmerged"
         )
-    # the kept modules missed every .to() / .train() since the merge: follow the layers now
-    for parent, name, split in splits:
-        like = getattr(parent, name).weight
-        setattr(parent, name, split.to(device=like.device, dtype=like.dtype))
-        split.train(parent.training)
-    for layer in folded.values():
-        lora = layer.__dict__.pop(_FOLDED_LORA)
-        lora.unmerge(layer)
-        lora.to(device=layer.weight.device, dtype=layer.weight.dtype).train(layer.training)
-        layer.add_module(PREFIX + "lora", lora)
-        _attach_hook(lora, layer, lora.hook)
-    model.mosa_merged = False
-    model.mosa_folded = []
+    for name, layer in state.layers.items():
+        layer.unmerge(_parent(model, name))
+    state.merged = False
+    state.folded = []
     return model
 
 
@@ -410,12 +285,12 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """What an adapter-only checkpoint holds: every tensor of mosa's modules (partitions and
     initial values included), the classifier head, layers that merging folded LoRA into, and
     for ``full`` fine-tuning the whole model."""
-    cfg = config_of(model)
+    state = state_of(model)
     sd = model.state_dict()
-    if cfg.spec.trains_backbone:
+    if state.config.spec.trains_backbone:
         return dict(sd)
     head = head_module_name(model)
-    keep_prefixes = tuple(f"{n}." for n in getattr(model, "mosa_folded", []))
+    keep_prefixes = tuple(f"{n}." for n in state.folded)
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         parts = k.split(".")
@@ -443,7 +318,8 @@ def summary(model: nn.Module) -> dict[str, object]:
     adapter = sum(p.numel() for n, p in model.named_parameters() if is_mosa_name(n))
     head = head_module_name(model)
     head_n = sum(p.numel() for p in model.get_submodule(head).parameters()) if head else 0
-    cfg = getattr(model, "mosa_config", None)
+    state = find_state(model)
+    cfg = state.config if state is not None else None
     stored = sum(v.numel() for v in adapter_state_dict(model).values()) if cfg else None
     extra = sum(
         m.bias.numel() - m.bias.shape[-1]
@@ -459,5 +335,5 @@ def summary(model: nn.Module) -> dict[str, object]:
         "stored": stored,
         "expert_bias_extra": extra,
         "trainable_pct": 100.0 * trainable / max(total, 1),
-        "merged": bool(getattr(model, "mosa_merged", False)),
+        "merged": state is not None and state.merged,
     }

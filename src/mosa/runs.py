@@ -37,16 +37,11 @@ from mosa.engine.config import DataConfig, TrainConfig
 from mosa.engine.data import dataset_num_classes, eval_loader, resolve_data_configs, resolve_input
 from mosa.engine.distributed import DistInfo, resolve_device
 from mosa.engine.evaluate import evaluate
-from mosa.engine.multitask import (
-    HEADS,
-    JOINT_HEAD,
-    TaskView,
-    attach_task_heads,
-    has_task_heads,
-)
+from mosa.heads import HEADS, JOINT_HEAD, TaskView, attach_task_heads, has_task_heads
 from mosa.model import inject
 from mosa.model import merge as merge_model
 from mosa.recipes import apply_overrides, build_config
+from mosa.state import find_state, state_of
 
 RUN_CONFIG = "config.json"
 
@@ -201,7 +196,7 @@ def load_for_eval(
         view = _single_task_view(ckpt, run, task, bcfg, model)
     else:
         view = _task_head_view(ckpt, layout, task, bcfg, model)
-    if merge and not getattr(view.model, "mosa_merged", False):
+    if merge and not state_of(view.model).merged:
         merge_model(view.model)
     return view.eval()
 
@@ -268,7 +263,7 @@ def _task_head_view(
     # single-task runs), then replace the classifier by the task heads
     if model is None:
         model = _build_backbone(bcfg, next(iter(layout.classes.values())))
-    elif has_task_heads(model) or getattr(model, "mosa_config", None) is not None:
+    elif has_task_heads(model) or find_state(model) is not None:
         raise ValueError("load_for_eval needs a fresh backbone (no mosa method, no heads)")
     inject(model, MethodConfig.from_dict(ckpt.meta["method"]))
     attach_task_heads(model, layout.classes, layout.joint)

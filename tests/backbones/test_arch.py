@@ -15,6 +15,7 @@ from mosa import MethodConfig
 from mosa.adapters.adapter import Adapter
 from mosa.adapters.sparse import MoSALinear
 from mosa.backbones.arch import find_architecture, supported_architectures
+from mosa.state import find_state
 
 MakeModel = Callable[..., nn.Module]
 ARCHS = ("vit", "swin", "convnext")
@@ -45,7 +46,7 @@ def test_unsupported_model_is_a_type_error_listing_architectures(
     for name in ("vit", "swin", "convnext"):
         assert name in msg
     # nothing was half-attached: the model still has no method
-    assert getattr(model, "mosa_config", None) is None
+    assert find_state(model) is None
     assert not any(n.startswith("mosa_") for n, _ in model.named_modules())
 
 

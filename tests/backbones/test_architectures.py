@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 import mosa
 from mosa.adapters.adapter import Adapter
 from mosa.engine import DataConfig, OptimConfig, TrainConfig, train
-from mosa.engine.multitask import attach_task_heads, task_logits
+from mosa.heads import attach_task_heads, task_logits
 from mosa.recipes import load_config
 from mosa.runs import load_for_eval
 

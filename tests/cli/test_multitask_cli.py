@@ -22,6 +22,7 @@ from mosa.cli.main import main
 from mosa.data import build_dataset, prepare_tasks
 from mosa.engine import DataConfig, OptimConfig, TrainConfig, train
 from mosa.runs import UsageError, evaluate_checkpoint, load_for_eval
+from mosa.state import state_of
 
 TASKS = ("digits", "fmnist_scale")
 CLASSES = {"digits": 10, "fmnist_scale": 4}
@@ -165,7 +166,7 @@ def test_merge_keeps_every_head_and_reloads_with_equal_outputs(
         x = _images(root, task)
         reloaded = load_for_eval(merged, task)
         trained = load_for_eval(mosa_run, task, merge=False)
-        assert reloaded.model.mosa_merged and reloaded.num_classes == CLASSES[task]
+        assert state_of(reloaded.model).merged and reloaded.num_classes == CLASSES[task]
         with torch.no_grad():
             torch.testing.assert_close(reloaded(x), trained(x), rtol=1e-4, atol=1e-5)
     # the merged folder evaluates like the run it came from

@@ -30,8 +30,10 @@ from mosa.engine import ClassCountError, DataConfig, OptimConfig, TrainConfig, t
 from mosa.engine.data import eval_loader
 from mosa.engine.distributed import DistInfo
 from mosa.engine.evaluate import evaluate
-from mosa.engine.multitask import attach_task_heads, task_order
+from mosa.engine.multitask import task_order
+from mosa.heads import attach_task_heads
 from mosa.runs import adapter_tasks, load_for_eval
+from mosa.state import state_of
 
 TASKS = ("digits", "fmnist_scale")
 CHANCE = {"digits": 0.10, "fmnist_scale": 0.25}
@@ -179,7 +181,7 @@ def test_two_real_tasks_share_one_adapter_and_beat_chance(
     view = load_for_eval(out / "adapter", "digits", model=_backbone(pretrained))
     unmerged = load_for_eval(out, "digits", model=_backbone(pretrained), merge=False)
     x = torch.stack([_test_split(prepared, "digits")[i][0] for i in range(16)])
-    assert view.model.mosa_merged
+    assert state_of(view.model).merged
     torch.testing.assert_close(view(x), unmerged(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(CheckpointError, match="choose one with task="):
         load_for_eval(out, model=_backbone(pretrained))

@@ -23,6 +23,7 @@ from mosa.engine import (
 )
 from mosa.engine.data import LabelledSubset
 from mosa.engine.errors import WriteFailedError
+from mosa.state import state_of
 
 METRIC_KEYS = {
     "epoch": int,
@@ -98,7 +99,7 @@ def test_three_epochs_learn_the_toy_task_and_write_every_output(tmp_path: Path) 
 
     # the adapter checkpoint is the unmerged trained model, and it reproduces the test accuracy
     fresh = mosa.load_adapter(tiny_model(), out / "adapter")
-    assert not fresh.mosa_merged
+    assert not state_of(fresh).merged
     model.eval()
     fresh.eval()
     x = toy_datasets()["test"].tensors[0]

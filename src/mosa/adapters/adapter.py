@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from mosa.adapters.sparse import ExpertOptions, MoSALinear
 from mosa.config import MethodConfig
@@ -84,6 +85,9 @@ class Adapter(nn.Module):
     * ``residual``: the residual stream ``s`` at a tap becomes ``s + adapter(s)`` (Houlsby after
       attention): the tap's input is replaced and ``adapter(s)`` is added to the output of the
       branch that the block adds back onto ``s``.
+
+    Like a PEFT tuner layer it merges itself: :meth:`merge` turns its split projections into
+    dense ones and keeps the splits, so :meth:`unmerge` puts them back unchanged.
     """
 
     def __init__(
@@ -126,6 +130,10 @@ class Adapter(nn.Module):
             route_seed=route_seed + 1,
         )
         self._tapped: torch.Tensor | None = None
+        self.hooks: list[RemovableHandle] = []
+        self.folds = False  # merging keeps the adapter (its own projections become dense)
+        # projection name -> the split a merge replaced (None: forgotten, cannot come back)
+        self.unmerged: dict[str, MoSALinear | None] = {}
 
     @classmethod
     def from_config(
@@ -161,6 +169,32 @@ class Adapter(nn.Module):
         return h * self.scale if self.scale != 1.0 else h
 
     # ------------------------------------------------------------------ hooks
+    def attach(self, mode: str, hooked: nn.Module, tap: nn.Module | None = None) -> None:
+        """Hook this adapter into a block (``mode``: see the class docstring; ``parallel_tap``
+        is ``parallel`` fed by ``tap``'s input)."""
+        if mode == "parallel_tap":
+            self._hook(tap, self.tap_hook, pre=True)
+            self._hook(hooked, self.parallel_tap_hook)
+        elif mode == "residual":
+            self._hook(tap, self.residual_tap_hook, pre=True)
+            self._hook(hooked, self.residual_add_hook)
+        elif mode == "parallel":
+            self._hook(hooked, self.parallel_hook)
+        else:
+            self._hook(hooked, self.sequential_hook)
+
+    def _hook(self, site: nn.Module | None, hook: Any, pre: bool = False) -> None:
+        if site is None:
+            raise ValueError("this adapter site needs a tap module")
+        handle = site.register_forward_pre_hook(hook) if pre else site.register_forward_hook(hook)
+        self.hooks.append(handle)
+
+    def detach(self) -> None:
+        """Remove this adapter's hooks."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
+
     def tap_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._tapped = args[0]
 
@@ -186,3 +220,42 @@ class Adapter(nn.Module):
 
     def sequential_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         return output + self(output)
+
+    # ------------------------------------------------------------------ merge
+    def _splits(self) -> list[tuple[str, MoSALinear]]:
+        return [(n, p) for n in ("down", "up") if isinstance(p := getattr(self, n), MoSALinear)]
+
+    def check_mergeable(self) -> None:
+        """``ValueError`` when a split projection's merged weight or bias holds NaN or inf."""
+        for name, split in self._splits():
+            try:
+                split.check_mergeable()
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+
+    def merge(self, parent: nn.Module | None = None) -> None:
+        """Replace every split projection by its merged ``nn.Linear`` (the block ``parent`` is
+        not needed: the adapter is its own base)."""
+        for name, split in self._splits():
+            self.unmerged[name] = split
+            setattr(self, name, split.merge())
+
+    def unmerge(self, parent: nn.Module | None = None) -> None:
+        """Put the split projections back; they follow the dtype, device and mode the merged
+        ones were given since (``.to()`` and ``.train()`` did not reach them)."""
+        if not self.restorable:
+            raise ValueError("this adapter's experts were forgotten: it cannot be unmerged")
+        for name, split in self.unmerged.items():
+            like = getattr(self, name).weight
+            setattr(self, name, split.to(device=like.device, dtype=like.dtype))
+            split.train(self.training)
+        self.unmerged.clear()
+
+    def forget_merge(self) -> None:
+        """Drop the kept splits (after loading merged weights they would be untrained)."""
+        self.unmerged = dict.fromkeys(self.unmerged)
+
+    @property
+    def restorable(self) -> bool:
+        """Whether :meth:`unmerge` can restore every projection a merge replaced."""
+        return all(split is not None for split in self.unmerged.values())

@@ -6,10 +6,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from mosa.adapters.adapter import make_projection, split_options
 from mosa.adapters.sparse import ExpertOptions, MoSALinear
 from mosa.config import MethodConfig
+
+ATTACH_NAME = "mosa_lora"  # the child name of a LoRA under its Linear (mosa's "mosa_" prefix)
 
 
 def projection_weight(proj: nn.Module) -> torch.Tensor:
@@ -89,7 +92,8 @@ class LoRA(nn.Module):
     """LoRA on one Linear layer, or on slices of a fused ``qkv`` Linear (q, k, v separately).
 
     ``parts`` maps a branch name to the row slice of the base layer's output it updates
-    (a plain layer has the single part ``"w"`` covering every row).
+    (a plain layer has the single part ``"w"`` covering every row). Like a PEFT tuner layer it
+    merges itself: :meth:`merge` folds it into its base layer and :meth:`unmerge` undoes that.
     """
 
     def __init__(
@@ -117,6 +121,11 @@ class LoRA(nn.Module):
                 for i, (name, s) in enumerate(parts.items())
             }
         )
+        self.hooks: list[RemovableHandle] = []
+        self.folds = True  # merging folds it into its base layer and removes it
+        self.merged = False
+        # base.weight as it was before the merge (None: not merged, or forgotten)
+        self.base_weight: torch.Tensor | None = None
 
     @classmethod
     def from_config(
@@ -150,6 +159,19 @@ class LoRA(nn.Module):
     def hook(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         return output + self(args[0])
 
+    def attach(self, base: nn.Linear) -> None:
+        """Register under ``base`` (as ``mosa_lora``) and add to its output by a forward hook."""
+        base.add_module(ATTACH_NAME, self)
+        self.hooks.append(base.register_forward_hook(self.hook))
+
+    def detach(self, base: nn.Linear | None = None) -> None:
+        """Remove the hook (and, given ``base``, the registration under it)."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
+        if base is not None and getattr(base, ATTACH_NAME, None) is self:
+            delattr(base, ATTACH_NAME)
+
     @torch.no_grad()
     def fold_into(self, base: nn.Linear) -> None:
         """Add every branch's dense update into ``base.weight`` (the layer then needs no LoRA)."""
@@ -166,16 +188,36 @@ class LoRA(nn.Module):
 
     @torch.no_grad()
     def merge(self, base: nn.Linear) -> None:
-        """Fold into ``base`` (refusing a non-finite update) and keep ``base``'s weight as it
-        was, so :meth:`unmerge` restores it bit for bit (subtracting again would round)."""
+        """Fold into ``base`` (refusing a non-finite update) and leave it: ``base`` is then a
+        plain Linear. Its weight as it was is kept, so :meth:`unmerge` restores it bit for bit
+        (subtracting again would round)."""
+        if self.merged:
+            return
         self.check_mergeable()
-        self.__dict__["base_weight"] = base.weight.detach().clone()
+        self.base_weight = base.weight.detach().clone()
         self.fold_into(base)
+        self.detach(base)
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self, base: nn.Linear) -> None:
-        """Undo :meth:`merge` on ``base``."""
-        saved = self.__dict__.pop("base_weight", None)
-        if saved is None:
+        """Undo :meth:`merge` on ``base`` and attach again, following the dtype, device and mode
+        ``base`` was given since (``.to()`` and ``.train()`` did not reach a detached LoRA)."""
+        if not self.merged:
+            return
+        if self.base_weight is None:
             raise ValueError("this LoRA was not merged in this process: nothing to undo")
-        base.weight.copy_(saved)
+        base.weight.copy_(self.base_weight)
+        self.base_weight = None
+        self.to(device=base.weight.device, dtype=base.weight.dtype).train(base.training)
+        self.attach(base)
+        self.merged = False
+
+    def forget_merge(self) -> None:
+        """Drop the kept weight (after loading merged weights it would be untrained)."""
+        self.base_weight = None
+
+    @property
+    def restorable(self) -> bool:
+        """Whether :meth:`unmerge` can undo a merge."""
+        return not self.merged or self.base_weight is not None

@@ -11,8 +11,6 @@ from torch import nn
 
 from mosa.adapters.partition import make_partition
 
-_UNMERGED = "mosa_unmerged"
-
 
 @dataclass(frozen=True)
 class ExpertOptions:
@@ -142,22 +140,9 @@ class MoSALinear(nn.Module):
                 raise ValueError("the merged MoSA projection holds NaN or inf: refusing to merge")
 
     def merge(self) -> nn.Linear:
-        """The deployable form: :meth:`to_linear`, refusing non-finite merged values. The
-        Linear remembers this module, so :meth:`unmerge_from` can put it back unchanged."""
+        """The deployable form: :meth:`to_linear`, refusing non-finite merged values."""
         self.check_mergeable()
-        lin = self.to_linear()
-        lin.__dict__[_UNMERGED] = self  # not a submodule: stays out of state_dict()
-        return lin
-
-    @staticmethod
-    def unmerge_from(lin: nn.Module) -> MoSALinear | None:
-        """The split projection a :meth:`merge` in this process turned into ``lin``, if any."""
-        return lin.__dict__.get(_UNMERGED)
-
-    @staticmethod
-    def forget_merge(lin: nn.Module) -> None:
-        """Drop what :meth:`unmerge_from` would give back for ``lin``."""
-        lin.__dict__.pop(_UNMERGED, None)
+        return self.to_linear()
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the merged weight (the deployable form)."""
@@ -185,7 +170,9 @@ class MoSALinear(nn.Module):
     def set_rng_state(self, state: torch.Tensor) -> None:
         self._route_gen.set_state(state)
 
-    def _draw(self, n: int) -> torch.Tensor:
+    def draw(self, n: int) -> torch.Tensor:
+        """``n`` expert picks from the routing generator, recorded nowhere (see
+        :meth:`draw_picks` for the picks of a forward)."""
         return torch.randint(self.num_experts, (n,), generator=self._route_gen)
 
     def draw_picks(self, images: int) -> torch.Tensor:
@@ -196,7 +183,7 @@ class MoSALinear(nn.Module):
         if self.routing == "sample" and images % g:
             raise ValueError(f"routing groups={g} need a batch divisible by {g}, got {images}")
         n = 1 if self.routing == "batch" else images // g
-        picks = torch.cat([self._draw(n) for _ in range(g)])
+        picks = torch.cat([self.draw(n) for _ in range(g)])
         self.last_expert = int(picks) if self.routing == "batch" and g == 1 else picks
         self.drawn.update(picks.tolist())
         return picks
@@ -251,7 +238,7 @@ class MoSALinear(nn.Module):
             flat = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.bias is None:
             out = torch.bmm(flat, w.transpose(1, 2))
-        else:  # fused bias: a separate add (and its backward reduction) costs ~1% of a ViT step
+        else:  # the bias fused into the batched matmul (docs/method_notes.md)
             bias = self.bias[picks].unsqueeze(1) if self.expert_bias else self.bias
             out = torch.baddbmm(bias, flat, w.transpose(1, 2))
         return out.reshape(*x.shape[:-1], self.out_features)

@@ -432,7 +432,7 @@ def split_projection_bench(
         "dense_linear": fwd_bwd(dense),
         "mosa_linear": fwd_bwd(split),
         "reference_linear": fwd_bwd(ref),
-        "draw_expert": piece(lambda: int(split._draw(1))),
+        "draw_expert": piece(lambda: int(split.draw(1))),
         "owner_eq_k": piece(lambda: split.owner == 1),
         "weight_times_mask": piece(lambda: split.expert_weight(1)),
     }

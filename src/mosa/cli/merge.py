@@ -9,8 +9,8 @@ from pathlib import Path
 import mosa
 from mosa.cli.common import Subparsers, add_subparser
 from mosa.cli.runs import CliError, build_task_view
-from mosa.engine.multitask import TaskView
 from mosa.export import WEIGHTS_FILE, ExportError, export_timm
+from mosa.heads import TaskView
 from mosa.runs import Checkpoint, adapter_tasks, check_task, find_checkpoint
 
 DESCRIPTION = """

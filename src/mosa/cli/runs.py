@@ -9,7 +9,7 @@ from mosa.engine.config import TrainConfig
 from mosa.runs import Checkpoint, find_checkpoint, load_for_eval, read_run_config
 
 if TYPE_CHECKING:
-    from mosa.engine.multitask import TaskView
+    from mosa.heads import TaskView
 
 __all__ = [
     "CliError",

@@ -8,9 +8,10 @@ from mosa.engine.errors import (
     TrainingError,
 )
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
-from mosa.engine.multitask import TaskView, task_order
+from mosa.engine.multitask import task_order
 from mosa.engine.optim import SparseAdamW, WarmupCosine, build_optimizer, lr_at
 from mosa.engine.trainer import seed_everything, train
+from mosa.heads import TaskView
 
 __all__ = [
     "ClassCountError",

@@ -7,13 +7,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from mosa.config import ConfigError, MethodConfig, _check_keys
+from mosa.config import ConfigError, KeyChecked, MethodConfig
 
 DATA_KINDS = ("vtab", "fgvc", "folder", "cifar100", "food101", "aircraft")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(KeyChecked):
     """One data set. Model selection uses ``val_split``; the final model is scored on ``test_split``."""
 
     kind: str = "vtab"
@@ -31,10 +31,6 @@ class DataConfig:
     val_shots: int | None = None
     cache: bool = True
     name: str | None = None  # task name in multi-task runs (default: task)
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> DataConfig:
-        _check_keys(cls, kwargs)
-        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
@@ -59,7 +55,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(KeyChecked):
     """AdamW with linear warm-up then cosine decay, stepped per iteration."""
 
     lr: float = 5e-3
@@ -93,10 +89,6 @@ class OptimConfig:
     # entry is trained in 1/N of the steps and the merge divides by N, so the merged weight
     # moves more slowly than a dense adapter's at the same lr
     expert_lr_scale: float = 1.0
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> OptimConfig:
-        _check_keys(cls, kwargs)
-        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -149,17 +141,13 @@ class OptimConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(KeyChecked):
     """What is measured besides the val split that chooses."""
 
     # score the test split after every epoch too, into metrics.jsonl and the summary's
     # ``test_by_epoch``: a record for comparison with protocols that select on test; nothing
     # in mosa reads it to choose a checkpoint, a learning rate or a knob
     test_every_epoch: bool = False
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> EvalConfig:
-        _check_keys(cls, kwargs)
-        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if not isinstance(self.test_every_epoch, bool):
@@ -169,7 +157,7 @@ class EvalConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(KeyChecked):
     """Everything one ``mosa train`` run needs. ``data`` is one data set, or several for
     multi-task training (one shared adapter, one head per task)."""
 
@@ -190,10 +178,6 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     compile: bool = False  # train through torch.compile (MoSA's picks stay outside the graph)
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager", "eager": debugging)
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> TrainConfig:
-        _check_keys(cls, kwargs)
-        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         if isinstance(self.method, dict):

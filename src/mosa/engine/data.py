@@ -1,7 +1,7 @@
 """Tasks (one data set with its splits) and their loaders, for one process of a (DDP) job.
 
 A run trains on a list of :class:`TaskData`: one for a single-task run, several for multi-task
-training (one head per task, see :mod:`mosa.engine.multitask`).
+training (one head per task, see :mod:`mosa.heads`).
 
 Low-resource runs (``data.shots = k``) train on k images per class drawn from the train split
 (class-balanced, seeded by the run seed). The drawn indices are written next to the run as

@@ -79,19 +79,7 @@ from mosa.engine.errors import (
 )
 from mosa.engine.evaluate import autocast, evaluate
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
-from mosa.engine.multitask import (
-    TaskModel,
-    TaskStream,
-    attach_task_heads,
-    has_task_heads,
-    head_parameters,
-    is_joint,
-    label_offset,
-    task_classes,
-    task_logits,
-    task_names,
-    task_order,
-)
+from mosa.engine.multitask import TaskModel, TaskStream, task_order
 from mosa.engine.optim import ExpertTracker, WarmupCosine, build_optimizer
 from mosa.engine.plots import plot_curves
 from mosa.engine.preempt import RunPreempted, StopSignals
@@ -103,8 +91,19 @@ from mosa.engine.state import (
     restore_rng_from,
     save_last,
 )
+from mosa.heads import (
+    attach_task_heads,
+    has_task_heads,
+    head_parameters,
+    is_joint,
+    label_offset,
+    task_classes,
+    task_logits,
+    task_names,
+)
 from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.model import SharedRoutes
+from mosa.state import find_state
 
 log = logging.getLogger("mosa.engine")
 
@@ -284,17 +283,17 @@ class _Run:
             # a real class count (a local weights file's head is then dropped as usual); a
             # multi-task run replaces that head by its task heads
             model = load_backbone(num_classes=tasks[0].num_classes, **cfg.backbone_args())
-        current = getattr(model, "mosa_config", None)
-        if current is None:
+        state = find_state(model)
+        if state is None:
             if cfg.multitask and not has_task_heads(model):
                 model.reset_classifier(0)  # before inject, which unfreezes the classifier
             mosa.inject(model, cfg.method)
-        elif current != cfg.method:
+        elif state.config != cfg.method:
             raise TrainingError(
                 "the given model was injected with another method config than config.method; "
                 "pass an un-injected model"
             )
-        if getattr(model, "mosa_merged", False):
+        if state is not None and state.merged:
             raise TrainingError("the given model is merged; training needs the unmerged model")
         if cfg.multitask:
             classes = {t.name: t.num_classes for t in tasks}

@@ -332,10 +332,11 @@ def build_table(runs: list[Run]) -> Table:
         grouped[(r.row, r.method)].append(r)
     task_of_row = {r.row: r.task for r in with_test}
     rows = sorted(task_of_row, key=lambda row: (*_task_order(task_of_row[row]), row))
-    from mosa.config import METHODS
+    from mosa.config import method_names
 
     present = {m for _, m in grouped}
-    methods = [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    known = method_names()
+    methods = [m for m in known if m in present] + sorted(present - set(known))
     cells = {key: _choose(rs, *key) for key, rs in grouped.items()}
     # few-shot rows are not VTAB-1k results: they never enter the group means
     fams = {row: task_family(task_of_row[row]) if row == task_of_row[row] else None for row in rows}
