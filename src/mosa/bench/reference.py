@@ -109,10 +109,6 @@ class ReferenceSplitLinear(nn.Module):
         ref.merge()
         return ref
 
-    def get_rng_state(self) -> torch.Tensor:
-        """State of the routing generator (as :meth:`MoSALinear.get_rng_state`)."""
-        return self._gen.get_state()
-
     def set_rng_state(self, state: torch.Tensor) -> None:
         """Continue routing from ``state`` (e.g. a :class:`MoSALinear`'s, to pick alike)."""
         self._gen.set_state(state)
