@@ -9,7 +9,7 @@
 #   beside the eager ones, timed in the same interleaved rounds, and each one's compiled/eager
 #   ratio (compilation happens in the warm-up rounds, untimed).
 # Writes $OUT/speed_cuda.json and .txt when OUT is set, else runs/. Extra arguments go to
-# `python -m mosa.bench.speed` (e.g. --steps 80). PYTHON picks the interpreter.
+# `python -m mosa bench speed` (e.g. --steps 80). PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,7 +26,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 
 if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "gpu.sh: torch sees no CUDA device; run the CPU benchmark instead:" >&2
-    echo "  PYTHONPATH=src $py -m mosa.bench.speed --device cpu --out runs/speed_cpu.json" >&2
+    echo "  PYTHONPATH=src $py -m mosa bench speed --device cpu --out runs/speed_cpu.json" >&2
     exit 2
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm \
@@ -34,7 +34,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 
 # eager rows take about a minute, compiling five variants a few more; the limit keeps the whole
 # script inside 9 minutes
-timeout 500 "$py" -m mosa.bench.speed --device cuda --compile --out "$out_dir/speed_cuda.json" "$@" \
+timeout 500 "$py" -m mosa bench speed --device cuda --compile --out "$out_dir/speed_cuda.json" "$@" \
     | tee "$out_dir/speed_cuda.txt"
 
 "$py" - "$out_dir/speed_cuda.json" <<'PY'

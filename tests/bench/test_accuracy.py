@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from mosa.bench import accuracy
+from mosa.bench.accuracy_report import render_markdown, summarise
+from mosa.cli.bench import accuracy as accuracy_cli
 from mosa.data.prepare import prepare_tasks
 from mosa.executors import ExecutorOptions, worker
 
@@ -84,7 +86,7 @@ def test_summary_means_and_group_means():
                  "trainable_params": 10, "wall_s": 2.0}
             )  # fmt: skip
     groups = {"a": "natural", "b": "structured", "c": "structured"}
-    table = accuracy.summarise(recs, groups)
+    table = summarise(recs, groups)
     cell = table["tasks"]["a"]["methods"]["mosa"]
     assert cell["test_mean"] == pytest.approx(60.0)
     assert cell["test_std"] == pytest.approx(14.1421356, rel=1e-6)
@@ -95,7 +97,7 @@ def test_summary_means_and_group_means():
         "structured": pytest.approx(55.0),
     }
     assert means["mean_of_group_means"] == pytest.approx(57.5)
-    md = accuracy.render_markdown(
+    md = render_markdown(
         table, {"seeds": [0, 1], "epochs": 1, "bottleneck_and_rank": 4, "backbone": "x"}
     )
     assert "| a | natural | 60.0 ± 14.1 |" in md
@@ -111,7 +113,7 @@ def test_task_mean_seed_spread_and_gap_paired_by_seed():
         for m, by_task in tests.items() for t, task in enumerate("ab") for seed in (0, 1)
     ]  # fmt: skip
     recs.append({**recs[-1], "task": "a", "method": "mosa", "seed": 2, "test_acc": 0.9})
-    table = accuracy.summarise(recs, {})
+    table = summarise(recs, {})
     adapter, mosa = table["means"]["adapter"], table["means"]["mosa"]
     assert adapter["task_mean_by_seed"] == {"0": pytest.approx(55.0), "1": pytest.approx(75.0)}
     assert adapter["task_mean_std"] == pytest.approx(14.1421356, rel=1e-6)
@@ -121,7 +123,7 @@ def test_task_mean_seed_spread_and_gap_paired_by_seed():
     assert mosa["gap_vs_adapter"] == pytest.approx(-5.0)
     assert mosa["gap_vs_adapter_std"] == pytest.approx(0.0, abs=1e-9)
     assert "gap_vs_adapter" not in adapter and "gap_vs_lora" not in mosa
-    md = accuracy.render_markdown(
+    md = render_markdown(
         table, {"seeds": [0, 1], "epochs": 1, "bottleneck_and_rank": 4, "backbone": "x"}
     )
     assert "| **mean over tasks** | | **65.0 ± 14.1** |" in md
@@ -140,7 +142,7 @@ def test_end_to_end_on_prepared_tasks(tmp_path, data_missing):
             "--methods", "linear,mosa", "--seeds", "0,1", "--epochs", "1", "--jobs", "1",
             "--lrs", "0.01,0.003",
             "--batch-size", "64", "--out", str(out)]  # fmt: skip
-    assert accuracy.main(argv) == 0
+    assert accuracy_cli.main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["protocol"]["lr_grid"] == {"linear": [0.003, 0.01], "mosa": [0.003, 0.01]}
     assert len(res["records"]) == 1 * 2 * 2
@@ -151,15 +153,14 @@ def test_end_to_end_on_prepared_tasks(tmp_path, data_missing):
     assert (out / "results.md").read_text().startswith("Test top-1")
     assert (out / "results.png").stat().st_size > 1000
     # a second invocation finds every run finished and trains nothing
-    assert accuracy.main(argv) == 0
+    assert accuracy_cli.main(argv) == 0
     with pytest.raises(SystemExit, match="--lrs wants numbers"):
-        accuracy.main([*argv, "--lrs", "fast"])
+        accuracy_cli.main([*argv, "--lrs", "fast"])
 
 
-def test_every_method_has_a_grid_in_both_modes():
-    for grid in (accuracy.LR_GRID, accuracy.QUICK_LR_GRID):
-        assert set(grid) == set(accuracy.METHODS)
-    assert set(accuracy.QUICK_METHODS) <= set(accuracy.QUICK_LR_GRID)
+def test_every_method_has_a_grid():
+    assert set(accuracy.LR_GRID) == set(accuracy.METHODS)
+    assert all(list(g) == sorted(g) for g in accuracy.LR_GRID.values())  # ties keep the smaller
 
 
 def test_the_first_seeds_table_is_handed_over_before_the_seed_phase(tmp_path, monkeypatch):
@@ -192,8 +193,8 @@ def test_a_first_seed_table_shows_no_spread_and_says_it_is_partial(tmp_path, mon
     tables: list[str] = []
 
     def on_selection(records: list[dict[str, Any]]) -> None:
-        table = accuracy.summarise(records, {})
-        tables.append(accuracy.render_markdown(table, accuracy._protocol_dict(protocol)))
+        table = summarise(records, {})
+        tables.append(render_markdown(table, accuracy.protocol_dict(protocol)))
 
     accuracy.run_protocol(
         protocol,

@@ -20,17 +20,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mosa
 from mosa.adapters.sparse import MoSALinear
-from mosa.bench import speed
 from mosa.bench.flops import ViTShape, vit_forward_flops, vit_train_flops
+from mosa.bench.memory import cpu_step_peak
+from mosa.bench.presets import COMPILED_SUFFIX, COMPILED_VARIANTS, INFER_VARIANTS, TRAIN_VARIANTS
 from mosa.bench.reference import (
     ReferenceMoSAAdapter,
     ReferenceSplitLinear,
-    expert_mean_output,
     inject_reference,
     merge_reference,
-    reference_adapters,
-    reference_stored_elements,
+    reference_state_dict,
 )
+from mosa.bench.speed_report import format_speed_table
+from mosa.bench.tables import RATIO_KEYS, TARGETS
+from mosa.bench.timing import time_interleaved
+from mosa.cli.main import main
 
 ROW_KEYS = (
     "variant",
@@ -58,7 +61,8 @@ def _tiny_vit(**kw: Any) -> torch.nn.Module:
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
     """One quick run through the CLI entry point: (JSON read back, rows by variant)."""
     out = tmp_path_factory.mktemp("speed") / "speed.json"
-    rc = speed.main(["--device", "cpu", "--quick", "--steps", "2", "--quiet", "--out", str(out)])
+    argv = ["--device", "cpu", "--quick", "--steps", "2", "--quiet", "--out", str(out)]
+    rc = main(["bench", "speed", *argv])
     assert rc == 0
     result = json.loads(Path(out).read_text())
     return result, {r["variant"]: r for r in result["rows"]}
@@ -66,7 +70,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dic
 
 def test_json_has_every_row_and_field(bench: tuple[dict[str, Any], dict[str, Any]]) -> None:
     result, rows = bench
-    assert list(rows) == list(speed.TRAIN_VARIANTS)
+    assert list(rows) == list(TRAIN_VARIANTS)
     assert {"linear", "adapter", "mosa", "mosa_consistency", "lora", "mosa_lora"} <= set(rows)
     for r in rows.values():
         for k in ROW_KEYS:
@@ -75,7 +79,7 @@ def test_json_has_every_row_and_field(bench: tuple[dict[str, Any], dict[str, Any
         assert r["optimizer_state_bytes"] > 0
         assert len(r["train_step_times_s"]) == result["steps"] == 2
     for n, r in rows.items():
-        if n in speed.INFER_VARIANTS:
+        if n in INFER_VARIANTS:
             assert r["infer_img_s"] > 0
         else:
             assert r["infer_img_s"] is None
@@ -88,7 +92,7 @@ def test_json_has_every_row_and_field(bench: tuple[dict[str, Any], dict[str, Any
 def test_ratio_keys_exact_finite_positive(bench: tuple[dict[str, Any], dict[str, Any]]) -> None:
     result, rows = bench
     ratios = result["ratios"]
-    assert set(ratios) == set(speed.RATIO_KEYS)
+    assert set(ratios) == set(RATIO_KEYS)
     for k, v in ratios.items():
         assert isinstance(v, float) and math.isfinite(v) and v > 0, k
     # definitions: time or memory of the variant over the baseline's (inference via img/s)
@@ -101,7 +105,7 @@ def test_ratio_keys_exact_finite_positive(bench: tuple[dict[str, Any], dict[str,
     assert ratios["mosa_lora_merged_infer_vs_backbone"] == pytest.approx(
         rows["linear"]["infer_img_s"] / rows["mosa_lora"]["infer_img_s"]
     )
-    assert set(result["targets_met"]) == set(speed.TARGETS)
+    assert set(result["targets_met"]) == set(TARGETS)
 
 
 def test_parameter_and_state_counts_consistent(
@@ -137,10 +141,10 @@ def test_format_table_mentions_every_variant(
     bench: tuple[dict[str, Any], dict[str, Any]],
 ) -> None:
     result, rows = bench
-    text = speed.format_speed_table(result)
+    text = format_speed_table(result)
     for n in rows:
         assert n in text
-    for k in speed.RATIO_KEYS:
+    for k in RATIO_KEYS:
         assert k in text
     assert "interleaved" in text
 
@@ -159,7 +163,7 @@ def test_flop_section_present_for_vit(bench: tuple[dict[str, Any], dict[str, Any
 def test_time_interleaved_counts_and_shuffles() -> None:
     calls: list[str] = []
     fns = {n: (lambda n=n: calls.append(n)) for n in "abcd"}
-    times = speed.time_interleaved(fns, 5, 2, torch.device("cpu"), random.Random(0))
+    times = time_interleaved(fns, 5, 2, torch.device("cpu"), random.Random(0))
     assert {k: len(v) for k, v in times.items()} == {k: 5 for k in "abcd"}
     rounds = [tuple(calls[i : i + 4]) for i in range(0, len(calls), 4)]
     assert len(rounds) == 7 and all(sorted(r) == list("abcd") for r in rounds)
@@ -175,12 +179,29 @@ def test_cpu_step_peak_sees_torch_allocations() -> None:
         del a, b
         torch.ones(n // 2)
 
-    peak = speed.cpu_step_peak(fn)
+    peak = cpu_step_peak(fn)
     assert peak is not None
     assert 8 * n <= peak < 8 * n + 100_000
 
 
 # ------------------------------------------------------------------------------ reference MoSA
+
+
+def _expert_mean_output(adapter: ReferenceMoSAAdapter, x: torch.Tensor) -> torch.Tensor:
+    """Mean over experts of the adapter's output with that expert forced in every split
+    projection (dropout off). With one split projection (``share`` down or up) the adapter is
+    linear in the split weight, so this equals the merged adapter's output."""
+    n = next(m for m in adapter.modules() if isinstance(m, ReferenceSplitLinear)).num_experts
+    outs = []
+    for k in range(n):
+        h = adapter.norm(x)
+        for proj in (adapter.down, adapter.up):
+            split = isinstance(proj, ReferenceSplitLinear)
+            h = proj.forward_expert(h, k) if split else proj(h)
+            if proj is adapter.down:
+                h = adapter.act(h)
+        outs.append(h * adapter.scale)
+    return torch.stack(outs).mean(0)
 
 
 def _split_linear(init: str = "zero") -> tuple[ReferenceSplitLinear, torch.Tensor]:
@@ -245,12 +266,12 @@ def test_reference_merged_adapter_equals_mean_of_expert_outputs() -> None:
     merge_reference(ad)
     x = torch.randn(2, 5, 8)
     ad.eval()
-    torch.testing.assert_close(ad(x), expert_mean_output(ad, x))
+    torch.testing.assert_close(ad(x), _expert_mean_output(ad, x))
 
 
 def test_reference_model_trains_merges_and_counts() -> None:
     model = inject_reference(_tiny_vit(), bottleneck=2, num_experts=N, dropout=0.0)
-    ads = reference_adapters(model)
+    ads = [m for m in model.modules() if isinstance(m, ReferenceMoSAAdapter)]
     assert len(ads) == 3 and all(isinstance(a.up, ReferenceSplitLinear) for a in ads)
     assert isinstance(ads[0].down, torch.nn.Linear)  # share="down": dense Down
     # zero-initialised Up: the model computes exactly the plain backbone
@@ -270,7 +291,7 @@ def test_reference_model_trains_merges_and_counts() -> None:
         mean = torch.stack([e.weight for e in a.up.experts]).mean(0)
         torch.testing.assert_close(a.up.merged.weight, mean)
         h = torch.randn(2, 5, 8)
-        torch.testing.assert_close(a(h), expert_mean_output(a, h))
+        torch.testing.assert_close(a(h), _expert_mean_output(a, h))
     # per split projection the reference stores N expert copies plus a merge copy (float32),
     # mosa one float32 tensor plus a uint8 owner index: ~N times the bytes
     ours = mosa.inject(_tiny_vit(), mosa.MethodConfig(method="mosa", bottleneck=2, bias="shared"))
@@ -280,7 +301,8 @@ def test_reference_model_trains_merges_and_counts() -> None:
     ref_w = sum(e.weight.numel() for a in ads for e in [*a.up.experts, a.up.merged])
     assert ref_w == (N + 1) * sum(m.weight.numel() for m in splits)
     assert ref_b >= 0.9 * N * ours_b
-    assert reference_stored_elements(model) > mosa.summary(ours)["stored"]
+    stored = sum(t.numel() for t in reference_state_dict(model).values())
+    assert stored > mosa.summary(ours)["stored"]
 
 
 # ------------------------------------------------------------------------------ FLOPs
@@ -351,17 +373,17 @@ def test_compile_adds_rows_ratios_and_flop_fractions(
 ) -> None:
     # plumbing only: dynamo's eager backend (inductor would spend minutes compiling on CPU)
     compile_eager = functools.partial(torch.compile, backend="eager")
-    monkeypatch.setattr(speed.torch, "compile", compile_eager)
+    monkeypatch.setattr(torch, "compile", compile_eager)
     out = tmp_path / "speed.json"
     argv = ["--quick", "--steps", "2", "--quiet", "--compile", "--out", str(out)]
-    assert speed.main(argv) == 0
+    assert main(["bench", "speed", *argv]) == 0
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    compiled = [n + speed.COMPILED_SUFFIX for n in speed.COMPILED_VARIANTS]
-    assert list(rows) == [*speed.TRAIN_VARIANTS, *compiled]
-    for n in speed.COMPILED_VARIANTS:
+    compiled = [n + COMPILED_SUFFIX for n in COMPILED_VARIANTS]
+    assert list(rows) == [*TRAIN_VARIANTS, *compiled]
+    for n in COMPILED_VARIANTS:
         r = result["compiled_vs_eager"][n]
-        step = rows[n + speed.COMPILED_SUFFIX]["train_step_s"] / rows[n]["train_step_s"]
+        step = rows[n + COMPILED_SUFFIX]["train_step_s"] / rows[n]["train_step_s"]
         assert r["step"] == pytest.approx(step) and r["paired"] > 0
     # every row, eager or compiled, gets its step's share of the matmul rate measured in the run
     per = result["flops"]["per_variant"]

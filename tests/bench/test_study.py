@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mosa.bench import study
-from mosa.executors import worker
+from mosa.bench import study_plan as plan
+from mosa.bench.study import Study
+from mosa.cli.bench import study as study_cli
+from mosa.executors import ExecutorOptions, worker
 
 
 def _fake_run_one(calls: list[dict[str, Any]]):
@@ -37,8 +39,8 @@ def _fake_run_one(calls: list[dict[str, Any]]):
 
 def _grid(config) -> tuple[float, ...]:
     if config.optim.epochs == 100:
-        return study.FULL_LRS if config.method.method == "full" else study.PAPER_LRS
-    return study.LONG_LRS if config.optim.epochs == 24 else study.SHORT_LRS
+        return plan.FULL_LRS if config.method.method == "full" else plan.PAPER_LRS
+    return plan.LONG_LRS if config.optim.epochs == 24 else plan.SHORT_LRS
 
 
 def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch) -> None:
@@ -46,14 +48,14 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
     (tmp_path / "data" / "t1").mkdir(parents=True)
     argv = ["--data-root", str(tmp_path / "data"), "--tasks", "t1", "--jobs", "1"]
-    assert study.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert study_cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
     res = json.loads((tmp_path / "out" / "study.json").read_text())
     recs = res["records"]
     cells = {(r["setting"], r["variant"]) for r in recs}
-    for setting, variants in study.BLOCKS:
+    for setting, variants in plan.BLOCKS:
         assert {(setting, v.name) for v in variants} <= cells
     for r in recs:  # the val winner of its grid, with the grid's val accuracies kept
-        grid = study.SETTINGS[r["setting"]].lrs_of(r["variant"])
+        grid = plan.SETTINGS[r["setting"]].lrs_of(r["variant"])
         assert r["lr"] == max(grid), r
         # val chose the grid's top end, so the grid grew past it once (and val kept its choice)
         assert set(r["val_by_lr"]) == {f"{lr:g}" for lr in (*grid, 2 * max(grid))}
@@ -69,12 +71,12 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     outs = [c["out"] for c in calls]
     assert len(outs) == len(set(outs))
     clean_seeds = {(Path(r["run_dir"]), r["lr"]) for r in recs if r["seed"] > 0}
-    assert all(lr == max(study.SETTINGS[p.parts[-5]].lrs_of(p.parts[-3])) for p, lr in clean_seeds)
+    assert all(lr == max(plan.SETTINGS[p.parts[-5]].lrs_of(p.parts[-3])) for p, lr in clean_seeds)
     # the reference protocol: best test over epochs and lrs, reported beside, choosing nothing
     refs = res["reference_records"]
-    assert {r["setting"] for r in refs} == set(study.PROTOCOL_SETTINGS)
+    assert {r["setting"] for r in refs} == set(plan.PROTOCOL_SETTINGS)
     for r in refs:
-        assert r["lr"] == min(study.SETTINGS[r["setting"]].lrs_of(r["variant"])), r
+        assert r["lr"] == min(plan.SETTINGS[r["setting"]].lrs_of(r["variant"])), r
         assert r["epoch"] == 2
     ref_rows = {(r["setting"], r["variant"]): r for r in res["reference_rows"]}
     assert ref_rows[("paper", "mosa_best")]["seeds"] == 3
@@ -82,7 +84,7 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     assert res["protocol"]["test_record_cost"]["paper"] > 0
     # the regimes: sharing levels with 10 shots, full fine-tuning in the paper's schedule
     cells = {(r["setting"], r["variant"]) for r in recs}
-    assert {("shots10", v.name) for v in study.SHARING} <= cells
+    assert {("shots10", v.name) for v in plan.SHARING} <= cells
     assert ("paper", "full") in cells and ("long", "mosa_best") in cells
     assert (tmp_path / "out" / "study_trend.png").stat().st_size > 1000
     rows = {(r["setting"], r["variant"]): r for r in res["rows"]}
@@ -92,12 +94,12 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     assert "mosa_best" in (tmp_path / "out" / "study.md").read_text()
     # resumable: a second invocation trains nothing
     n = len(calls)
-    assert study.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert study_cli.main([*argv, "--out", str(tmp_path / "out")]) == 0
     assert len(calls) == n
     before = json.loads((tmp_path / "out" / "study.json").read_text())["records"]
-    assert study.main([*argv, "--out", str(tmp_path / "out"), "--report-only"]) == 0
+    assert study_cli.main([*argv, "--out", str(tmp_path / "out"), "--report-only"]) == 0
     assert json.loads((tmp_path / "out" / "study.json").read_text())["records"] == before
-    assert study.main([*argv, "--out", str(tmp_path / "empty"), "--report-only"]) == 0
+    assert study_cli.main([*argv, "--out", str(tmp_path / "empty"), "--report-only"]) == 0
     assert len(calls) == n  # --report-only never trains
 
 
@@ -107,26 +109,26 @@ def test_runs_without_the_test_record_are_rerun_beside_and_never_replaced(
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
     (tmp_path / "data" / "t1").mkdir(parents=True)
-    opts = study.ExecutorOptions(jobs=1)
-    s = study.Study(tmp_path, str(tmp_path / "data"), ("t1",), opts, lambda _: None)
+    opts = ExecutorOptions(jobs=1)
+    s = Study(tmp_path, str(tmp_path / "data"), ("t1",), opts, lambda _: None)
     # a finished run from before the per-epoch test record existed
-    cell = s._cell("base", study.ADAPTER, "t1")
+    cell = s.cell("base", plan.ADAPTER, "t1")
     old = {}
     for r in cell.grid:  # val chose the middle of the grid
         old[r.run_dir] = {"val_acc": 0.8 if r.lr == 2e-2 else 0.6, "test_acc": 0.5}
         r.run_dir.mkdir(parents=True)
         (r.run_dir / "summary.json").write_text(json.dumps(old[r.run_dir]))
-    s.run_block("base", [study.ADAPTER])
+    s.run_block("base", [plan.ADAPTER])
     assert not calls and s.reference_lr(cell) is None
-    s.record_tests("base", [study.ADAPTER])
+    s.record_tests("base", [plan.ADAPTER])
     assert sorted(Path(c["out"]).parent for c in calls) == sorted(
         tmp_path / "rerun" / r.run_dir.relative_to(tmp_path / "runs").parent for r in cell.grid
     )
     for r in cell.grid:  # the original stays as it was
         assert json.loads((r.run_dir / "summary.json").read_text()) == old[r.run_dir]
-    assert s.reference_lr(cell) == min(study.SHORT_LRS)  # test's choice: a record only
+    assert s.reference_lr(cell) == min(plan.SHORT_LRS)  # test's choice: a record only
     assert s.chosen(cell).lr == 2e-2  # val's choice is unchanged
     # the fake's re-runs report other finals than the originals: the agreement says so
     assert s.rerun_agreement()[:2] == (0, 3)
-    s.record_tests("base", [study.ADAPTER])
+    s.record_tests("base", [plan.ADAPTER])
     assert len(calls) == 3  # nothing re-run twice

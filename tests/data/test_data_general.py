@@ -64,8 +64,8 @@ def test_food101_missing_image(tmp_path: Path, write_image) -> None:
         build_dataset("food101", tmp_path, None, "test", **KW)
 
 
-def test_aircraft_native_splits(tmp_path: Path, write_image) -> None:
-    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+def make_aircraft(root: Path, write_image) -> None:
+    data = root / "fgvc-aircraft-2013b" / "data"
     data.mkdir(parents=True)
     (data / "variants.txt").write_text("707-320\nA300B4\nBoeing 717\n")
     rows = {
@@ -78,11 +78,48 @@ def test_aircraft_native_splits(tmp_path: Path, write_image) -> None:
         (data / f"images_variant_{split}.txt").write_text("\n".join(lines) + "\n")
     for i in range(1, 5):
         write_image(data / "images" / f"{i:04d}.jpg", i, size=(20, 12))
+
+
+def test_aircraft_native_splits(tmp_path: Path, write_image) -> None:
+    make_aircraft(tmp_path, write_image)
     tr = build_dataset("aircraft", tmp_path, None, "train", **{**KW, "train": True})
     assert tr.targets == [0, 2] and tr.num_classes == 3
     assert tr[1][0].shape == (3, 8, 8)
     assert build_dataset("aircraft", tmp_path, None, "val", **KW).targets == [1]
     assert len(build_dataset("aircraft", tmp_path, None, "trainval", **KW)) == 3
+
+
+def make_unsorted_food(root: Path, write_image) -> None:
+    """Food-101 whose meta lists the classes out of order, every image distinct."""
+    base = root / "food-101"
+    (base / "meta").mkdir(parents=True)
+    for split, n in (("train", 3), ("test", 2)):
+        meta = {c: [f"{c}/{split}{i}" for i in range(n)] for c in ("ramen", "apple_pie", "pho")}
+        (base / "meta" / f"{split}.json").write_text(json.dumps(meta))
+        for k, rel in enumerate(r for ims in meta.values() for r in ims):
+            write_image(base / "images" / f"{rel}.jpg", 100 * n + k, size=(9, 7))
+
+
+@pytest.mark.parametrize(
+    "kind, split, make",
+    [("food101", "test", make_unsorted_food), ("aircraft", "trainval", make_aircraft)],
+)
+def test_images_labels_and_classes_in_torchvision_order(
+    tmp_path: Path, write_image, kind: str, split: str, make
+) -> None:
+    import torchvision.datasets as tvd
+
+    make(tmp_path, write_image)
+    ours = build_dataset(kind, tmp_path, None, split, **KW)
+    if kind == "food101":
+        theirs = tvd.Food101(str(tmp_path), split=split)
+    else:
+        theirs = tvd.FGVCAircraft(str(tmp_path), split=split)
+    assert ours.classes == theirs.classes and len(ours) == len(theirs)
+    for i in range(len(theirs)):
+        image, label = theirs[i]
+        assert ours.targets[i] == label
+        assert np.array_equal(np.asarray(ours._decode(i)), np.asarray(image))
 
 
 def test_cifar100_through_torchvision(tmp_path: Path, monkeypatch) -> None:

@@ -104,10 +104,14 @@ class ReferenceSplitLinear(nn.Module):
                 expert.bias.copy_(m.bias[k])
         if ref.shared_bias is not None:
             ref.shared_bias.copy_(m.bias)
-        ref._gen.set_state(m.get_rng_state())
+        ref.set_rng_state(m.get_rng_state())
         ref.train(m.training)
         ref.merge()
         return ref
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Continue routing from ``state`` (e.g. a :class:`MoSALinear`'s, to pick alike)."""
+        self._gen.set_state(state)
 
     def _masker(self, i: int) -> Any:
         def hook(param: torch.Tensor) -> None:
@@ -201,16 +205,6 @@ class ReferenceMoSAAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.drop(self.act(self.down(self.norm(x))))) * self.scale
 
-    def forward_expert(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """The adapter with expert ``k`` forced in every split projection (dropout off)."""
-        h = self.norm(x)
-        for proj in (self.down, self.up):
-            split = isinstance(proj, ReferenceSplitLinear)
-            h = proj.forward_expert(h, k) if split else proj(h)
-            if proj is self.down:
-                h = self.act(h)
-        return h * self.scale
-
     # hooks: the same parallel placement as mosa's AdaptFormer adapter
     def tap_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._tapped = args[0]
@@ -267,10 +261,6 @@ def inject_reference(
     return model
 
 
-def reference_adapters(model: nn.Module) -> list[ReferenceMoSAAdapter]:
-    return [m for m in model.modules() if isinstance(m, ReferenceMoSAAdapter)]
-
-
 def merge_reference(model: nn.Module) -> nn.Module:
     """Fill every merge copy with the mean of its experts (the reference's ``model.merge()``)."""
     for m in model.modules():
@@ -294,28 +284,11 @@ def reference_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def reference_stored_elements(model: nn.Module) -> int:
-    return sum(t.numel() for t in reference_state_dict(model).values())
-
-
-def expert_mean_output(adapter: ReferenceMoSAAdapter, x: torch.Tensor) -> torch.Tensor:
-    """Mean over experts of the adapter's output with that expert forced (dropout off).
-
-    With one split projection (``share`` down or up) the adapter is linear in the split weight,
-    so this equals the merged adapter's output.
-    """
-    n = next(m for m in adapter.modules() if isinstance(m, ReferenceSplitLinear)).num_experts
-    return torch.stack([adapter.forward_expert(x, k) for k in range(n)]).mean(0)
-
-
 __all__ = [
     "ReferenceMoSAAdapter",
     "ReferenceSplitLinear",
-    "expert_mean_output",
     "inject_reference",
     "merge_reference",
-    "reference_adapters",
     "reference_state_dict",
-    "reference_stored_elements",
     "to_reference",
 ]

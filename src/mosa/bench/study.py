@@ -17,29 +17,48 @@ best MoSA over 24 epochs, and the published VTAB schedule (``paper``: 100 epochs
 batch 128, weight decay 0.01) with full fine-tuning as the regime indicator.
 
 The adapter, its consistency control and both MoSAs also record their test accuracy after
-each epoch (``eval.test_every_epoch``), which nothing here reads to choose: it gives the reference protocol (the best test accuracy over
-epochs and learning rates, as the paper's code reports) beside ours. Runs from before that
+each epoch (``eval.test_every_epoch``), which nothing here reads to choose: it gives the
+reference protocol (the best test accuracy over epochs and learning rates, as the paper's code
+reports) beside ours. Runs from before that
 record existed are re-run for it under ``OUT/rerun/``.
 
 Every run is a folder (``OUT/runs/<setting>/<task>/<variant>/lr<lr>/seed<seed>``), so a killed
 study resumes; ``study.json`` / ``study.md`` / ``study.png`` / ``study_trend.png`` are
-rewritten after every block.
+rewritten after every block. What the study trains: :mod:`mosa.bench.study_plan`; its
+report: :mod:`mosa.bench.study_report`; the command line: :mod:`mosa.cli.bench.study`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mosa.bench.accuracy import Variant, default_jobs, task_root, train_runs
-from mosa.bench.accuracy import plan_run as plan_variant
+from mosa.bench.accuracy import Variant, train_runs
+from mosa.bench.study_plan import (
+    ADAPTER,
+    ADAPTER_CONS,
+    BLOCKS,
+    COMMON,
+    FINAL_SEEDS,
+    FINALS_AFTER,
+    FULL,
+    KNOBS,
+    MAX_EXTENSIONS,
+    MOSA_PAPER,
+    PROTOCOL_SETTINGS,
+    PROTOCOL_VARIANTS,
+    SCREEN_SETTINGS,
+    SETTINGS,
+    SHARING,
+    Cell,
+    plan_run,
+)
 from mosa.bench.study_report import (
     gaps,
     plot,
@@ -50,165 +69,11 @@ from mosa.bench.study_report import (
     render_protocols,
     train_curves,
 )
-from mosa.cli.common import add_executor_arguments, executor_options
-from mosa.executors import ExecutorOptions, log_line
+from mosa.executors import ExecutorOptions
 from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.recipes.sweep import SweepRun
 
-STUDY_TASKS = ("digits_noisy", "fmnist_loc", "fmnist_count")  # the largest MoSA gaps
-QUICK_TASKS = ("digits_noisy",)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """Conditions every variant of a block trains under."""
-
-    name: str
-    overrides: tuple[str, ...]
-    lrs: tuple[float, ...]
-    note: str
-    variant_lrs: tuple[tuple[str, tuple[float, ...]], ...] = ()  # a variant's own grid
-
-    def lrs_of(self, variant: str) -> tuple[float, ...]:
-        """The learning-rate grid ``variant`` starts from in this setting."""
-        return dict(self.variant_lrs).get(variant, self.lrs)
-
-
-ADAPTER = Variant("adapter", "methods/adapter", ("optim.eps=1e-6",))
-ADAPTER_CONS = Variant(
-    "adapter_cons", "methods/adapter", ("optim.eps=1e-6", "optim.consistency=1.0")
-)
-MOSA_PAPER = Variant("mosa_paper", "methods/mosa_paper")
-LORA = Variant("lora", "methods/lora", ("optim.eps=1e-6", "method.rank=8"))
-LORA_CONS = Variant(
-    "lora_cons", "methods/lora", ("optim.eps=1e-6", "method.rank=8", "optim.consistency=1.0")
-)
-MOSA_LORA_PAPER = Variant("mosa_lora_paper", "methods/mosa_lora_paper", ("method.rank=8",))
-# the regime indicator: in the paper's regime full fine-tuning over-fits below the adapter
-FULL = Variant("full", "methods/full", ("optim.eps=1e-6",))
-
-# one factor at a time, each from the paper's MoSA
-KNOBS: tuple[Variant, ...] = (
-    Variant("mosa_n2", "methods/mosa_paper", ("method.num_experts=2",), "num_experts=2"),
-    Variant("mosa_sample", "methods/mosa_paper", ("method.routing=sample",), "routing=sample"),
-    Variant("mosa_share_up", "methods/mosa_paper", ("method.share=up",), "share=up"),
-    Variant("mosa_share_none", "methods/mosa_paper", ("method.share=none",), "share=none"),
-    Variant("mosa_no_cons", "methods/mosa_paper", ("optim.consistency=0",), "consistency=0"),
-    Variant(
-        "mosa_local", "methods/mosa_paper", ("optim.expert_updates=local",), "expert_updates=local"
-    ),
-    Variant("mosa_shared_bias", "methods/mosa_paper", ("method.bias=shared",), "bias=shared"),
-    Variant("mosa_lr_x4", "methods/mosa_paper", ("optim.expert_lr_scale=4",), "expert_lr_scale=4"),
-)
-
-# the sharing levels x N where data is scarce (share=down, N=4 is the paper's MoSA itself)
-SHARING: tuple[Variant, ...] = (
-    KNOBS[0],  # mosa_n2
-    KNOBS[2],  # mosa_share_up
-    KNOBS[3],  # mosa_share_none
-    Variant(
-        "mosa_share_up_n2",
-        "methods/mosa_paper",
-        ("method.share=up", "method.num_experts=2"),
-        "share=up, num_experts=2",
-    ),
-    Variant(
-        "mosa_share_none_n2",
-        "methods/mosa_paper",
-        ("method.share=none", "method.num_experts=2"),
-        "share=none, num_experts=2",
-    ),
-)
-
-SHORT_LRS = (1e-2, 2e-2, 4e-2)
-LONG_LRS = (5e-3, 1e-2, 2e-2)
-PAPER_LRS = (5e-3, 1e-2, 2e-2)
-FULL_LRS = (1e-4, 2e-4, 4e-4)
-SETTINGS = {
-    "base": Setting(
-        "base",
-        ("optim.epochs=8", "optim.warmup_epochs=1"),
-        SHORT_LRS,
-        "8 epochs, 800 images, bottleneck 8",
-    ),
-    "long": Setting("long", ("optim.epochs=24", "optim.warmup_epochs=3"), LONG_LRS, "24 epochs"),
-    # the same number of optimizer steps as 8 epochs of 800 images (~104)
-    "shots10": Setting(
-        "shots10",
-        ("optim.epochs=52", "optim.warmup_epochs=6", "data.shots=10"),
-        SHORT_LRS,
-        "10 images per class, 52 epochs",
-    ),
-    "b64": Setting(
-        "b64",
-        ("optim.epochs=8", "optim.warmup_epochs=1", "method.bottleneck=64"),
-        SHORT_LRS,
-        "bottleneck 64",
-    ),
-    # the published vtab/* schedule (recipes/_vitb16.yaml) on the study's tasks and images
-    "paper": Setting(
-        "paper",
-        (
-            "optim.epochs=100",
-            "optim.warmup_epochs=10",
-            "optim.batch_size=128",
-            "optim.weight_decay=0.01",
-        ),
-        PAPER_LRS,
-        "the published VTAB-1k schedule: 100 epochs, 10 warm-up, batch 128, weight decay 0.01",
-        (("full", FULL_LRS),),
-    ),
-}
-# the settings of the screen (the regime blocks come after it)
-SCREEN_SETTINGS = ("base", "long", "shots10", "b64")
-# (setting, variants) in the order they run: the control and the knobs first
-BLOCKS: tuple[tuple[str, tuple[Variant, ...]], ...] = (
-    ("base", (ADAPTER, ADAPTER_CONS, MOSA_PAPER, *KNOBS)),
-    ("long", (ADAPTER, ADAPTER_CONS, MOSA_PAPER)),
-    ("shots10", (ADAPTER, ADAPTER_CONS, MOSA_PAPER)),
-    ("b64", (ADAPTER, ADAPTER_CONS, MOSA_PAPER)),
-    ("base", (LORA, LORA_CONS, MOSA_LORA_PAPER)),
-)
-FINAL_SEEDS = (1, 2)
-# the finals run after this many blocks (base, long, shots10): their answer matters most; the
-# bottleneck and LoRA blocks follow
-FINALS_AFTER = 3
-# a cell whose val optimum sits at a grid end gets the next lr beyond it, up to this many times
-MAX_EXTENSIONS = 2
-COMMON = (
-    "data.train_split=train800",
-    "data.val_split=val200",
-    "data.test_split=test",
-    "optim.batch_size=64",
-    "method.bottleneck=8",
-)
-# the cells that get both protocols' figures; their runs record the test accuracy after every
-# epoch (eval.test_every_epoch), which nothing here reads to choose
-PROTOCOL_SETTINGS = ("base", "long", "shots10", "paper")
-PROTOCOL_VARIANTS = ("adapter", "adapter_cons", "mosa_paper", "mosa_best")
-RECORD_TEST = "eval.test_every_epoch=true"
-
-
-@dataclass
-class Cell:
-    """Runs of one setting x variant x task: the lr grid at seed 0, then extra seeds."""
-
-    setting: str
-    variant: Variant
-    task: str
-    grid: list[SweepRun] = field(default_factory=list)
-    seeds: list[SweepRun] = field(default_factory=list)
-    ref_seeds: list[SweepRun] = field(default_factory=list)  # at the lr test chose (record)
-
-
-def plan_run(
-    setting: Setting, variant: Variant, task: str, lr: float, seed: int, data_root: str, out: Path
-) -> SweepRun:
-    """One run's validated config and folder (``OUT/runs/<setting>/<task>/<variant>/...``)."""
-    over = [f"data.root={data_root}", *COMMON, *setting.overrides]
-    if variant.name in PROTOCOL_VARIANTS:
-        over.append(RECORD_TEST)
-    return plan_variant(variant, over, task, lr, seed, out / "runs" / setting.name)
+__all__ = ["Study", "run_study", "write"]
 
 
 def _val(summary: dict[str, Any]) -> float:
@@ -249,7 +114,8 @@ class Study:
             if path.is_file():
                 self.done[r.run_dir] = json.loads(path.read_text())
 
-    def _cell(self, setting: str, variant: Variant, task: str) -> Cell:
+    def cell(self, setting: str, variant: Variant, task: str) -> Cell:
+        """The cell of ``variant`` on ``task`` in ``setting``, its seed-0 grid planned once."""
         key = (setting, variant.name, task)
         if key not in self.cells:
             s = SETTINGS[setting]
@@ -267,7 +133,7 @@ class Study:
         return max(runs, key=lambda r: (_val(self.done[r.run_dir]), -r.lr))
 
     def run_block(self, setting: str, variants: Sequence[Variant]) -> None:
-        cells = [self._cell(setting, v, t) for v in variants for t in self.tasks]
+        cells = [self.cell(setting, v, t) for v in variants for t in self.tasks]
         self.log(f"block {setting}: {', '.join(v.name for v in variants)}")
         self.train([r for c in cells for r in c.grid])
         for _ in range(MAX_EXTENSIONS):
@@ -295,7 +161,7 @@ class Study:
         todo = []
         for v in variants:
             for t in self.tasks:
-                cell = self._cell(setting, v, t)
+                cell = self.cell(setting, v, t)
                 best = self.chosen(cell)
                 if best is None:
                     continue
@@ -381,8 +247,8 @@ class Study:
         return self.out / "rerun" / run.run_dir.relative_to(self.out / "runs")
 
     def rerun_of(self, run: SweepRun) -> SweepRun:
-        """``run`` again with the per-epoch test record, in ``OUT/rerun/`` (a run from before
-        the record existed; with 1 thread it trains to the same weights)."""
+        """``run`` again with the per-epoch test record, in ``OUT/rerun/`` (for a run from
+        before the record existed)."""
         config = copy.deepcopy(run.config)
         config.eval.test_every_epoch = True
         rerun_dir = self.rerun_dir(run)
@@ -558,58 +424,27 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mosa bench study",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  mosa bench study --out runs/study          # the full study (hours on 2 cores; resumable)\n"
-            "  mosa bench study --quick --out runs/sq     # one task, base block only: plumbing\n"
-        ),
-    )
-    p.add_argument("--out", default="runs/study", help="output folder (resumable)")
-    p.add_argument(
-        "--data-root", default=None, help="VTAB-layout tasks (default: prepare under OUT/data)"
-    )
-    p.add_argument(
-        "--tasks", default=None, help=f"comma-separated tasks (default: {','.join(STUDY_TASKS)})"
-    )
-    p.add_argument("--quick", action="store_true", help="one task, the base block, no extra seeds")
-    p.add_argument("--no-seeds", action="store_true", help="screen only: skip the 3-seed finalists")
-    p.add_argument(
-        "--report-only",
-        action="store_true",
-        help="rewrite study.json/.md/.png from the finished runs; train nothing",
-    )
-    add_executor_arguments(p, jobs=default_jobs())
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    tasks = tuple(t for t in (args.tasks or "").split(",") if t) or (
-        QUICK_TASKS if args.quick else STUDY_TASKS
-    )
-    data_root = task_root(args.data_root, out, tasks, "mosa bench study")
-    study = Study(
-        out, str(data_root), tasks, executor_options(args), log_line, report_only=args.report_only
-    )
+def run_study(study: Study, *, quick: bool = False, seeds: bool = True) -> dict[str, Path]:
+    """Every block in order (``quick``: the base block only), the finalists' seeds after the
+    first three blocks and then the paper's regimes (``seeds``: with their extra seeds),
+    rewriting the report after each; returns the files of the last write."""
     start = time.perf_counter()
-    blocks = BLOCKS[:1] if args.quick else BLOCKS
+
+    def save() -> dict[str, Path]:
+        return write(study, study.out, time.perf_counter() - start)
+
+    blocks = BLOCKS[:1] if quick else BLOCKS
     for i, (setting, variants) in enumerate(blocks):
         study.run_block(setting, variants)
-        write(study, out, time.perf_counter() - start)
-        if i == FINALS_AFTER - 1 and not (args.quick or args.no_seeds):
-            _finals(study, out, start)
-    if not args.quick:
-        _regimes(study, lambda: write(study, out, time.perf_counter() - start), not args.no_seeds)
-    return _report(study, out, start)
+        save()
+        if i == FINALS_AFTER - 1 and not quick and seeds:
+            _finals(study, save)
+    if not quick:
+        _regimes(study, save, seeds)
+    return save()
 
 
-def _finals(study: Study, out: Path, start: float) -> None:
+def _finals(study: Study, save: Callable[[], object]) -> None:
     """The best MoSA's grid, then 3 seeds of every finalist, in the base setting and in the
     setting where the paper's MoSA came closest to the adapter on val."""
     best = study.best_combination()
@@ -618,7 +453,7 @@ def _finals(study: Study, out: Path, start: float) -> None:
         if best is not None:
             study.run_block(setting, [best])
         study.run_seeds(setting, finalists, FINAL_SEEDS)
-        write(study, out, time.perf_counter() - start)
+        save()
 
 
 def _regimes(study: Study, save: Callable[[], object], seeds: bool) -> None:
@@ -658,16 +493,3 @@ def _protocols(study: Study, setting: str, bests: list[Variant], seeds: bool) ->
     if seeds:
         study.run_reference_seeds(setting, variants, FINAL_SEEDS)
         study.record_tests(setting, variants)
-
-
-def _report(study: Study, out: Path, start: float) -> int:
-    written = write(study, out, time.perf_counter() - start)
-    print(written["markdown"].read_text())
-    print(
-        f"wrote {written['json']}, {written['markdown']}, {written['plot']} ({time.perf_counter() - start:.0f}s)"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""General classification sets through torchvision, never downloading.
+"""General classification sets, never downloading: CIFAR-100 through torchvision, Food-101 and
+FGVC-Aircraft from their annotation files (read as torchvision reads them, in the same order).
 
 Splits: ``train``/``val``/``trainval``/``test``. FGVC-Aircraft has all four officially. CIFAR-100
 and Food-101 only have train/test: there ``trainval`` is the official train set and
@@ -8,10 +9,12 @@ model selection never touches the test set.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from .base import ImageDataset
@@ -56,6 +59,44 @@ def _tv_root(root: str | os.PathLike[str], spec: GeneralSpec) -> Path:
     return r
 
 
+def _cifar100(tv_root: Path, train: bool) -> tuple[np.ndarray, list[int], list[str]]:
+    """CIFAR-100's images (uint8 ``[N, 32, 32, 3]``, in memory), fine labels and class names,
+    read by torchvision."""
+    import torchvision.datasets as tvd  # heavy: only for the set that needs it
+
+    ds = tvd.CIFAR100(str(tv_root), train=train, download=False)
+    return ds.data, [int(t) for t in ds.targets], list(ds.classes)
+
+
+def _food101(folder: Path, split: str) -> tuple[list[str], list[int], list[str]]:
+    """Food-101's image paths, labels and classes from ``meta/<split>.json`` (class -> image
+    names), in the order torchvision lists them: classes sorted, images as the file has them."""
+    metadata = json.loads((folder / "meta" / f"{split}.json").read_text())
+    classes = sorted(metadata)
+    index = {c: i for i, c in enumerate(classes)}
+    paths: list[str] = []
+    labels: list[int] = []
+    for c, names in metadata.items():
+        labels += [index[c]] * len(names)
+        paths += [os.fspath(folder.joinpath("images", *f"{n}.jpg".split("/"))) for n in names]
+    return paths, labels, classes
+
+
+def _aircraft(folder: Path, split: str) -> tuple[list[str], list[int], list[str]]:
+    """FGVC-Aircraft's image paths, variant labels and variant names from
+    ``data/images_variant_<split>.txt`` (``<image> <variant>`` per line) and ``variants.txt``."""
+    data = folder / "data"
+    classes = [line.strip() for line in (data / "variants.txt").read_text().splitlines()]
+    index = {c: i for i, c in enumerate(classes)}
+    paths: list[str] = []
+    labels: list[int] = []
+    for line in (data / f"images_variant_{split}.txt").read_text().splitlines():
+        image, variant = line.strip().split(" ", 1)
+        paths.append(os.path.join(data, "images", f"{image}.jpg"))
+        labels.append(index[variant])
+    return paths, labels, classes
+
+
 class GeneralDataset(ImageDataset):
     """CIFAR-100, Food-101 or FGVC-Aircraft (variant level) with the mosa pipeline and cache."""
 
@@ -77,37 +118,26 @@ class GeneralDataset(ImageDataset):
             raise DataError(f"unknown split {split!r} for {kind}; use one of {GENERAL_SPLITS}")
         spec = GENERAL_SETS[kind]
         tv_root = _tv_root(root, spec)
-        import torchvision.datasets as tvd
-
         native = split if kind == "aircraft" else ("test" if split == "test" else "train")
         try:
             if kind == "cifar100":
-                ds = tvd.CIFAR100(str(tv_root), train=native == "train", download=False)
-            elif kind == "food101":
-                ds = tvd.Food101(str(tv_root), split=native, download=False)
+                self._array, targets, classes = _cifar100(tv_root, native == "train")
+                self._paths: list[str] | None = None
             else:
-                ds = tvd.FGVCAircraft(str(tv_root), split=native, download=False)
+                read = _food101 if kind == "food101" else _aircraft
+                self._array = None
+                self._paths, targets, classes = read(tv_root / spec.folder, native)
         except (RuntimeError, OSError, KeyError, ValueError) as e:
             raise DataError(
                 f"{spec.title} in {tv_root / spec.folder} is incomplete or corrupt ({e}); "
                 f"re-extract {spec.archive} there"
             ) from e
-
-        self._array = None
-        self._paths: list[str] | None = None
-        if kind == "cifar100":
-            self._array = ds.data  # uint8 [N, 32, 32, 3], already in memory
-            targets = [int(t) for t in ds.targets]
-        else:
-            self._paths = [os.fspath(p) for p in ds._image_files]
-            targets = [int(t) for t in ds._labels]
-            for p in self._paths:
-                if not os.path.exists(p):
-                    raise DataError(
-                        f"{spec.title}: image {p} listed in the split annotations is missing; "
-                        f"re-extract {spec.archive}"
-                    )
-        classes = list(ds.classes)
+        for p in self._paths or ():
+            if not os.path.exists(p):
+                raise DataError(
+                    f"{spec.title}: image {p} listed in the split annotations is missing; "
+                    f"re-extract {spec.archive}"
+                )
         if kind != "aircraft" and split in ("train", "val"):
             tr, va = holdout_split(targets, val_fraction, val_seed)
             keep = tr if split == "train" else va
