@@ -24,7 +24,10 @@ WEIGHTS_NAME = "adapter.safetensors"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into.
+
+    The message names the file, the mismatched fields, keys or shapes, and what to do.
+    """
 
 
 def backbone_name(model: nn.Module) -> str | None:
@@ -38,7 +41,27 @@ def num_classes_of(model: nn.Module) -> int | None:
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
-    """Write only what was trained (plus partitions and initial values needed to resume)."""
+    """Write an adapter-only checkpoint: only what was trained.
+
+    The folder gets ``adapter_config.json`` (format version, backbone, class count, the
+    method's config, merged or not) and ``adapter.safetensors`` (the trained tensors plus the
+    partitions and initial values needed to resume), written atomically.
+
+    Args:
+        model: an injected model.
+        directory: the checkpoint folder (created if needed).
+
+    Returns:
+        The folder.
+
+    Examples:
+        >>> import tempfile, timm, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8))
+        >>> folder = mosa.save_adapter(model, tempfile.mkdtemp() + "/adapter")
+        >>> sorted(p.name for p in folder.iterdir())
+        ['adapter.safetensors', 'adapter_config.json']
+    """
     state = state_of(model)
     directory = Path(directory)
     tensors = adapter_state_dict(model)
@@ -58,7 +81,25 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
 
 
 def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``adapter_config.json`` of a checkpoint folder, validated."""
+    """The validated ``adapter_config.json`` of a checkpoint folder.
+
+    Args:
+        directory: a folder written by :func:`save_adapter` or ``mosa train``.
+
+    Returns:
+        The parsed config: ``format_version``, ``backbone``, ``num_classes``, ``method``, ...
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, or not a mosa adapter config.
+
+    Examples:
+        >>> import tempfile, timm, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="lora", rank=4))
+        >>> folder = mosa.save_adapter(model, tempfile.mkdtemp())
+        >>> mosa.read_adapter_config(folder)["method"]["method"]
+        'lora'
+    """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(
@@ -81,10 +122,30 @@ def read_adapter_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
-    """Restore a checkpoint into ``model`` (injecting its method first if needed) and return it.
+    """Restore a checkpoint into ``model``, injecting its method first if needed.
 
-    Loading into another backbone, another class count or a changed config fails with an
-    error naming the mismatched fields, keys and shapes.
+    Args:
+        model: a fresh timm model of the checkpoint's backbone and class count (or one already
+            injected with the same config).
+        directory: a folder written by :func:`save_adapter` or ``mosa train``.
+
+    Returns:
+        The same ``model``, holding the checkpoint's tensors.
+
+    Raises:
+        CheckpointError: the checkpoint is corrupt, or was saved for another backbone, class
+            count or config (the message names the mismatched fields, keys and shapes).
+
+    Examples:
+        >>> import tempfile, timm, torch, mosa
+        >>> def backbone():
+        ...     return timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> trained = mosa.inject(backbone(), mosa.MethodConfig(method="mosa", bottleneck=8))
+        >>> folder = mosa.save_adapter(trained, tempfile.mkdtemp())
+        >>> fresh = mosa.load_adapter(backbone(), folder)
+        >>> x = torch.randn(1, 3, 32, 32)
+        >>> torch.equal(fresh.eval()(x), trained.eval()(x))
+        True
     """
     directory = Path(directory)
     meta = read_adapter_config(directory)

@@ -30,7 +30,18 @@ EXPERT_FIELDS = ("num_experts", "share", "granularity", "merge", "routing", "bia
 
 
 class ConfigError(ValueError, TypeError):
-    """A configuration key or value is unknown or impossible; the message names the field."""
+    """A configuration key or value is unknown or impossible.
+
+    The message names the field (with a "did you mean" for a typo) and the allowed values.
+
+    Examples:
+        >>> import mosa
+        >>> try:
+        ...     mosa.MethodConfig(method="mosa", num_expert=2)
+        ... except mosa.ConfigError as e:
+        ...     print("num_experts" in str(e))
+        True
+    """
 
 
 class KeyChecked:
@@ -122,20 +133,40 @@ def method_names() -> tuple[str, ...]:
 class MethodConfig(KeyChecked):
     """How a backbone is adapted: the method and every option it takes.
 
-    ``method`` is one of ``linear`` (head only), ``full``, ``adapter``, ``lora``, ``mosa``
-    (MoSA on the adapter), ``mosa_lora`` (MoSA on LoRA), or a name given to
-    :func:`register_method`. Options that a method does not use (see ``MethodSpec.fields``)
-    are kept, so one config can be swept over methods, but still validated.
+    Options that a method does not use (see ``MethodSpec.fields``) are kept, so one config can
+    be swept over methods, but still validated. The MoSA defaults are the paper's
+    (docs/method-notes.md says why they stay).
 
-    The MoSA defaults are the paper's (N=4, share=down, element partition, batch routing,
-    mean merge, one bias per expert); docs/method_notes.md says why they stay.
+    Args:
+        method: ``linear`` (head only), ``full``, ``adapter``, ``lora``, ``mosa`` (MoSA on the
+            adapter), ``mosa_lora`` (MoSA on LoRA), or a name given to ``register_method``.
+        style: adapter style, ``adaptformer`` (parallel to the MLP), ``pfeiffer`` or ``houlsby``.
+        bottleneck: the adapter's hidden width.
+        scale: the adapter branch's factor (None: 0.1 for AdaptFormer, 1 otherwise).
+        dropout: inside the adapter (None: 0.1 for AdaptFormer, 0 otherwise).
+        rank: LoRA's rank.
+        alpha: LoRA's scaling numerator (None: the rank, a factor of 1).
+        targets: LoRA's projections: ``q``, ``k``, ``v``, ``o``, ``mlp``.
+        num_experts: N, the sparse experts per split projection.
+        share: which projection stays dense and shared: ``down`` (split Up), ``up`` (split
+            Down) or ``none`` (split both).
+        granularity: the partition over all entries (``element``) or inside each ``row`` or
+            ``column``.
+        merge: ``mean`` (the paper's) or ``sum`` of the experts.
+        routing: one pick per batch (``batch``, the paper's) or per image (``sample``).
+        bias: a split projection's bias: one per expert (``expert``, the reference's layout,
+            (N-1)·out more trainable parameters) or one dense bias trained every step
+            (``shared``: exactly the plain adapter's parameters).
+        seed: seeds the partitions and the routing generators.
 
-    ``scale`` and ``dropout`` default by style (None): 0.1 and 0.1 for AdaptFormer, 1 and 0
-    for Pfeiffer and Houlsby. ``bias`` says how a split projection's bias is trained:
-    ``expert`` (one bias per expert, trained when its expert is picked and merged by the same
-    rule as the weights: the reference code's layout, with (N-1)·out more trainable parameters
-    per split projection) or ``shared`` (one dense bias, trained every step: exactly the plain
-    adapter's trainable parameters).
+    Raises:
+        ConfigError: an unknown option or an impossible value (the message names it).
+
+    Examples:
+        >>> import mosa
+        >>> cfg = mosa.MethodConfig(method="mosa", num_experts=2, routing="sample")
+        >>> cfg.share, cfg.num_experts
+        ('down', 2)
     """
 
     method: str = "mosa"

@@ -44,9 +44,10 @@ CONFIG_FILE = "model_config.json"
 class ExportError(ValueError):
     """The model cannot be written as a plain timm ``state_dict``.
 
-    ``reason`` says why: ``"unmerged"`` (call :func:`mosa.merge` first), ``"adapter"`` (the
-    method keeps adapter modules after merging), ``"task"`` (a multi-task model needs
-    ``task``) or ``"classifier"`` (the model has no timm classifier to hold the task's head).
+    Attributes:
+        reason: ``"unmerged"`` (call :func:`mosa.merge` first), ``"adapter"`` (the method keeps
+            adapter modules after merging), ``"task"`` (a multi-task model needs ``task``) or
+            ``"classifier"`` (the model has no timm classifier to hold the task's head).
     """
 
     def __init__(self, message: str, reason: str) -> None:
@@ -130,20 +131,35 @@ def export_timm(
     *,
     source: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write a merged model as a plain timm checkpoint into folder ``out``; returns the
-    weights file.
+    """Write a merged model as a plain timm checkpoint.
 
     ``out/model.safetensors`` holds :func:`plain_state_dict` (metadata: backbone, num_classes
     and task); ``out/model_config.json`` says backbone, num_classes, task (when given) and
-    ``source`` (when given, e.g. the adapter folder the model came from). Load it with
+    ``source``. Load it with
     ``timm.create_model(backbone, num_classes=K).load_state_dict(load_file(path))``.
 
-    Example::
+    Args:
+        model: a merged model whose method leaves no modules behind (LoRA, MoSA-LoRA, linear,
+            full).
+        out: the folder to write into.
+        task: for a multi-task model, the task whose head becomes the classifier.
+        source: recorded in ``model_config.json`` (e.g. the adapter folder).
 
-        view = mosa.runs.load_for_eval("runs/lora")  # rebuilt and merged
-        mosa.export_timm(view.model, "deploy/")
+    Returns:
+        The weights file.
 
-    Raises :class:`ExportError` (nothing written) when the model cannot be exported.
+    Raises:
+        ExportError: the model cannot be exported (nothing is written); ``reason`` says why.
+
+    Examples:
+        >>> import tempfile, timm, mosa
+        >>> from safetensors.torch import load_file
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.merge(mosa.inject(model, mosa.MethodConfig(method="lora", rank=4)))
+        >>> path = mosa.export_timm(model, tempfile.mkdtemp())
+        >>> plain = timm.create_model("mosa_vit_fmnist", num_classes=10)
+        >>> plain.load_state_dict(load_file(path))
+        <All keys matched successfully>
     """
     state, classes = _plain(model, task)
     folder = Path(out)

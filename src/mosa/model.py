@@ -30,12 +30,30 @@ def head_module_name(model: nn.Module) -> str | None:
 
 
 def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
-    """Add ``config``'s method to every block of a timm model, in place, and return the model.
+    """Add ``config``'s method to every block of a timm model, in place.
 
     The backbone is frozen (except for methods that train it, ``full``), the classifier head
     stays trainable, and new modules are registered under ``mosa_*`` names and attached with
     forward hooks, so the backbone's own parameter names and classes are untouched. The
     model's :class:`~mosa.state.MethodState` records the config and the new layers.
+
+    Args:
+        model: a timm ViT/DeiT-style, Swin or ConvNeXt model.
+        config: the method and its options.
+
+    Returns:
+        The same ``model``, injected.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`MethodConfig`.
+        ValueError: the model already has a method, or a LoRA target does not exist in it.
+
+    Examples:
+        >>> import timm, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8))
+        >>> mosa.summary(model)["trainable"]  # adapters, per-expert biases and the head
+        13690
     """
     if not isinstance(config, MethodConfig):
         raise TypeError(f"config must be a mosa.MethodConfig, got {type(config).__name__}")
@@ -112,13 +130,31 @@ def _parent(model: nn.Module, name: str) -> nn.Module:
 
 @torch.no_grad()
 def merge(model: nn.Module) -> nn.Module:
-    """Turn a trained model into its deployable form, in place, and return it.
+    """Turn a trained model into its deployable form, in place.
 
     MoSA experts become one dense projection (mean or sum rule); LoRA and MoSA-LoRA updates
     are folded into the backbone's own Linear weights and their modules removed, so such a
     model's ``state_dict()`` loads into an unmodified ``timm.create_model`` of the same name.
-    Every layer merges itself; non-finite merged values raise ``ValueError`` before any
-    layer changes.
+    Every layer merges itself. Merging a merged model does nothing.
+
+    Args:
+        model: an injected model.
+
+    Returns:
+        The same ``model``, merged.
+
+    Raises:
+        ValueError: a merged value would be NaN or inf (no layer is changed), or the model has
+            no mosa method.
+
+    Examples:
+        >>> import timm, torch, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8)).eval()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> before = model(x)  # eval mode already uses the merged weights
+        >>> torch.allclose(mosa.merge(model)(x), before, atol=1e-6)
+        True
     """
     state = state_of(model)
     if state.merged:
@@ -145,12 +181,29 @@ def forget_unmerge(model: nn.Module) -> None:
 
 @torch.no_grad()
 def unmerge(model: nn.Module) -> nn.Module:
-    """Undo :func:`merge` on a model merged in this process, in place, and return it: split
-    projections come back with their experts, routing state and partitions, folded LoRA
+    """Undo :func:`merge` on a model merged in this process, in place.
+
+    Split projections come back with their experts, routing state and partitions; folded LoRA
     weights are restored exactly and their branches re-attached, so training goes on exactly
     as if the model had never been merged. Until then a merged model keeps its experts and a
-    copy of every LoRA-updated weight (:func:`forget_unmerge` frees them). A model loaded from
-    a merged checkpoint cannot be unmerged (its experts are gone): ``ValueError``."""
+    copy of every LoRA-updated weight. Unmerging an unmerged model does nothing.
+
+    Args:
+        model: a model merged by :func:`merge` in this process.
+
+    Returns:
+        The same ``model``, unmerged.
+
+    Raises:
+        ValueError: the model was loaded from a merged checkpoint (its experts are gone).
+
+    Examples:
+        >>> import timm, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.merge(mosa.inject(model, mosa.MethodConfig(method="mosa_lora", rank=4)))
+        >>> mosa.summary(mosa.unmerge(model))["merged"]
+        False
+    """
     state = state_of(model)
     if not state.merged:
         return model
@@ -174,8 +227,32 @@ def mosa_modules(model: nn.Module) -> Iterator[MoSALinear]:
 
 @contextmanager
 def routing_groups(model: nn.Module, groups: int) -> Iterator[nn.Module]:
-    """Within the block, every split projection treats its input's leading dimension as
-    ``groups`` stacked copies of a batch and routes each copy on its own (see MoSALinear)."""
+    """Route stacked copies of a batch independently, within the ``with`` block.
+
+    Every split projection treats its input's leading dimension as ``groups`` stacked copies of
+    a batch and draws one pick per copy (per image and copy with sample routing): how
+    :func:`forward_twice` runs two stochastic passes as one forward.
+
+    Args:
+        model: an injected model.
+        groups: how many copies the leading dimension holds (>= 1).
+
+    Yields:
+        ``model``; the previous grouping is restored on exit.
+
+    Raises:
+        ValueError: ``groups`` < 1.
+
+    Examples:
+        >>> import timm, torch, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8)).train()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> with mosa.routing_groups(model, 2):
+        ...     two_passes = model(torch.cat([x, x]))
+        >>> two_passes.shape
+        torch.Size([4, 10])
+    """
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
     modules = list(mosa_modules(model))
@@ -190,10 +267,26 @@ def routing_groups(model: nn.Module, groups: int) -> Iterator[nn.Module]:
 
 
 def draw_routes(model: nn.Module, batch_size: int) -> None:
-    """Draw every split projection's expert picks for the next training forward over
-    ``batch_size`` images (inside :func:`routing_groups`: the stacked batch). Forwards draw
-    for themselves when nobody did; drawing ahead, outside ``torch.compile``'s region, keeps the
-    seeded generators out of the graph (no graph break) with the same picks."""
+    """Draw the expert picks of the next training forward, ahead of it.
+
+    Forwards draw for themselves when nobody did; drawing ahead, outside ``torch.compile``'s
+    region, keeps the seeded generators out of the graph (no graph break) with the same picks.
+
+    Args:
+        model: an injected model in training mode.
+        batch_size: images in the next forward (inside :func:`routing_groups`: the stacked
+            batch).
+
+    Examples:
+        >>> import timm, torch, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8)).train()
+        >>> compiled = torch.compile(model, backend="eager")
+        >>> x = torch.randn(4, 3, 32, 32)
+        >>> mosa.draw_routes(model, x.shape[0])
+        >>> compiled(x).shape
+        torch.Size([4, 10])
+    """
     layers = [m for m in mosa_modules(model) if m.training]
     for m in layers:
         m.batch_hint = batch_size
@@ -212,12 +305,29 @@ def draw_routes(model: nn.Module, batch_size: int) -> None:
 def forward_twice(
     model: nn.Module, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two stochastic training passes over ``x`` (MoSA's consistency pair) as ONE forward on
-    ``cat([x, x])``: each half gets its own expert picks, drawn in the order two forwards would
-    draw them, and its own dropout masks; the frozen backbone runs once on a doubled batch.
-    ``forward`` (default: ``model``) maps a batch to the output that is split in two. Layers
-    that mix samples (BatchNorm in train mode) would see both halves together; the supported
-    ViT, Swin and ConvNeXt backbones normalise per sample (LayerNorm)."""
+    """Two stochastic training passes over ``x`` (MoSA's consistency pair), as ONE forward.
+
+    The forward runs on ``cat([x, x])``: each half gets its own expert picks, drawn in the
+    order two forwards would draw them, and its own dropout masks; the frozen backbone runs
+    once on a doubled batch. Layers that mix samples (BatchNorm in train mode) would see both
+    halves together; the supported ViT, Swin and ConvNeXt backbones normalise per sample.
+
+    Args:
+        model: an injected model in training mode.
+        x: the batch.
+        forward: maps a batch to the output that is split in two (default: ``model``).
+
+    Returns:
+        The two passes' outputs.
+
+    Examples:
+        >>> import timm, torch, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8)).train()
+        >>> a, b = mosa.forward_twice(model, torch.randn(4, 3, 32, 32))
+        >>> a.shape == b.shape == (4, 10)
+        True
+    """
     with shared_routes(model, x.shape[0], passes=2) as routes:
         first, second = routes.forward(x, forward)
     return first, second
@@ -256,9 +366,34 @@ class SharedRoutes:
 
 @contextmanager
 def shared_routes(model: nn.Module, batch_size: int, passes: int = 1) -> Iterator[SharedRoutes]:
-    """Draw every split projection's picks once for ``batch_size`` images and share them among
-    the micro-batches run through the yielded :class:`SharedRoutes` (gradient accumulation).
-    With ``passes=2`` each micro-batch runs both consistency passes as one forward."""
+    """Draw the picks once for a batch and share them among its micro-batches.
+
+    Gradient accumulation: micro-batches run through the yielded :class:`SharedRoutes` in
+    order, each with the picks of its own images, so k micro-batches of B/k give the same
+    gradient as one batch of B (the engine's ``optim.accumulate``).
+
+    Args:
+        model: an injected model in training mode.
+        batch_size: images in the whole batch.
+        passes: stochastic passes per image (2: the consistency pair, as
+            :func:`forward_twice`).
+
+    Yields:
+        A :class:`SharedRoutes`; its ``forward(x_part)`` returns one output per pass.
+
+    Raises:
+        ValueError: the micro-batches hold more images than ``batch_size``.
+
+    Examples:
+        >>> import timm, torch, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8)).train()
+        >>> x = torch.randn(8, 3, 32, 32)
+        >>> with mosa.shared_routes(model, batch_size=8) as routes:
+        ...     for part in x.chunk(4):
+        ...         (logits,) = routes.forward(part)
+        ...         logits.sum().backward()
+    """
     with routing_groups(model, passes):
         routes = SharedRoutes(model, batch_size, passes)
         try:
@@ -269,11 +404,43 @@ def shared_routes(model: nn.Module, batch_size: int, passes: int = 1) -> Iterato
 
 
 def get_rng_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Routing-generator states of every split projection (to resume training exactly)."""
+    """The routing generators' states, to resume training exactly.
+
+    Args:
+        model: an injected model.
+
+    Returns:
+        Each split projection's generator state, by module name.
+
+    Examples:
+        >>> import timm, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8))
+        >>> mosa.set_rng_state(model, mosa.get_rng_state(model))
+    """
     return {n: m.get_rng_state() for n, m in model.named_modules() if isinstance(m, MoSALinear)}
 
 
 def set_rng_state(model: nn.Module, states: dict[str, torch.Tensor]) -> None:
+    """Set the routing generators back to states from :func:`get_rng_state`.
+
+    Args:
+        model: an injected model with the same split projections.
+        states: each split projection's generator state, by module name.
+
+    Raises:
+        ValueError: the states name other split projections than the model has.
+
+    Examples:
+        >>> import timm, torch, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> model = mosa.inject(model, mosa.MethodConfig(method="mosa", bottleneck=8)).train()
+        >>> saved = mosa.get_rng_state(model)
+        >>> first = model(torch.ones(1, 3, 32, 32))
+        >>> mosa.set_rng_state(model, saved)  # the next forward picks the same experts again
+        >>> torch.equal(model(torch.ones(1, 3, 32, 32)), first)
+        True
+    """
     mods = {n: m for n, m in model.named_modules() if isinstance(m, MoSALinear)}
     if set(mods) != set(states):
         raise ValueError("routing state does not match this model's split projections")
@@ -309,10 +476,24 @@ def is_mosa_name(name: str) -> bool:
 
 
 def summary(model: nn.Module) -> dict[str, object]:
-    """Parameter counts: ``trainable``, ``total``, ``adapter`` (mosa modules), ``head``,
-    ``stored`` (elements an adapter checkpoint holds), the method, and ``expert_bias_extra``:
-    the trainable parameters that per-expert biases (``bias="expert"``) add over the dense
-    adapter's (the only difference from its trainable count; merging removes them)."""
+    """Parameter counts of an injected model.
+
+    Args:
+        model: an injected model.
+
+    Returns:
+        ``method``; ``trainable`` and ``total`` parameters; ``adapter`` (in mosa's modules)
+        and ``head``; ``stored`` (elements an adapter checkpoint holds); ``expert_bias_extra``
+        (what per-expert biases, ``bias="expert"``, add over the dense adapter; merging removes
+        them); ``trainable_pct``; ``merged``.
+
+    Examples:
+        >>> import timm, mosa
+        >>> model = timm.create_model("mosa_vit_fmnist", pretrained=True, num_classes=10)
+        >>> s = mosa.summary(mosa.inject(model, mosa.MethodConfig(method="adapter", bottleneck=8)))
+        >>> s["method"], s["trainable"]
+        ('adapter', 11962)
+    """
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adapter = sum(p.numel() for n, p in model.named_parameters() if is_mosa_name(n))
