@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mosa"
-LOWER = ("adapters", "backbones", "data", "config", "model", "checkpoint")
+LOWER = ("adapters", "backbones", "data", "config", "model", "checkpoint", "runs")
 UPPER = ("mosa.engine", "mosa.cli", "mosa.bench")
 
 

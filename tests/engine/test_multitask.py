@@ -31,7 +31,7 @@ from mosa.engine.data import eval_loader
 from mosa.engine.distributed import DistInfo
 from mosa.engine.evaluate import evaluate
 from mosa.engine.multitask import attach_task_heads, task_order
-from mosa.runs import adapter_tasks, load_for_eval
+from mosa.evaluation import adapter_tasks, load_for_eval
 
 TASKS = ("digits", "fmnist_scale")
 CHANCE = {"digits": 0.10, "fmnist_scale": 0.25}
