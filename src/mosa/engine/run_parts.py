@@ -160,11 +160,15 @@ class RunParts:
     train_forward: nn.Module | None
     ddp_module: DistributedDataParallel | None  # for no_sync while gradients accumulate
     capture: HiddenCapture | None
-    consistency: float  # the resolved consistency weight
 
     @property
     def device(self) -> torch.device:
         return self.info.device
+
+    @property
+    def consistency(self) -> float:
+        """The resolved consistency weight."""
+        return self.config.consistency_weight
 
     @property
     def two_pass(self) -> bool:
@@ -431,7 +435,7 @@ def build_parts(
     capture = HiddenCapture(model, k) if config.deep_consistency_weight > 0 else None
     return RunParts(
         config, info, out, resolved, checkpoint, doc, layout, model, amp, loaders, optim,
-        train_forward, ddp_module, capture, config.consistency_weight,
+        train_forward, ddp_module, capture,
     )  # fmt: skip
 
 
