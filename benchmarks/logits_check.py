@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mosa.runs import adapter_tasks, load_for_eval
+from mosa.evaluation import adapter_tasks, load_for_eval
 
 
 def logits_of(run: Path) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ LOWER = (
     "heads",
     "methods",
     "state",
+    "runs",
 )
 UPPER = ("mosa.engine", "mosa.cli", "mosa.bench")
 

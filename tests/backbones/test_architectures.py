@@ -23,9 +23,9 @@ from torch.utils.data import TensorDataset
 import mosa
 from mosa.adapters.adapter import Adapter
 from mosa.engine import DataConfig, OptimConfig, TrainConfig, train
+from mosa.evaluation import load_for_eval
 from mosa.heads import attach_task_heads, task_logits
 from mosa.recipes import load_config
-from mosa.runs import load_for_eval
 
 NUM_CLASSES = 5
 

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 import mosa
 from mosa.backbones.zoo import load_backbone
 from mosa.cli.main import main
-from mosa.runs import UsageError, evaluate_checkpoint
+from mosa.cli.runs import usage_message
+from mosa.evaluation import Arg, UsageError, evaluate_checkpoint
 
 NUM_CLASSES = 10
 
@@ -117,14 +118,15 @@ def test_evaluate_checkpoint_returns_what_eval_writes(backbone_file, tmp_path, c
     assert f"top-1 {100 * results[0]['top1']:.2f}% (24 images)" in printed
     with pytest.raises(UsageError) as exc:  # no run config next to the adapter, no data
         evaluate_checkpoint(adapter, weights=str(backbone_file))
-    assert "data='KIND:ROOT:TASK[:SPLIT]'" in str(exc.value) and "--data" in exc.value.cli
+    assert "data='KIND:ROOT:TASK[:SPLIT]' or config=..." in str(exc.value)
+    assert "--data 'KIND:ROOT:TASK[:SPLIT]' or --config" in usage_message(exc.value)
 
 
 def test_merge_reads_the_run_config_once(backbone_file, tmp_path, monkeypatch, capsys):
     """A corrupt config.json next to the adapter: the path form of load_for_eval refuses it,
     while mosa merge (which reads the checkpoint once, tolerantly) merges from the adapter."""
     from mosa.checkpoint import CheckpointError
-    from mosa.runs import find_checkpoint, load_for_eval
+    from mosa.evaluation import find_checkpoint, load_for_eval
 
     model, adapter = trained_adapter(backbone_file, tmp_path, "lora")
     (tmp_path / "config.json").write_text("{not json")
@@ -135,8 +137,10 @@ def test_merge_reads_the_run_config_once(backbone_file, tmp_path, monkeypatch, c
     ckpt = find_checkpoint(adapter)
     assert ckpt.run_dir == tmp_path and ckpt.run_config is None
     reads = []
-    real = mosa.runs.read_adapter_config
-    monkeypatch.setattr(mosa.runs, "read_adapter_config", lambda d: reads.append(d) or real(d))
+    real = mosa.evaluation.read_adapter_config
+    monkeypatch.setattr(
+        mosa.evaluation, "read_adapter_config", lambda d: reads.append(d) or real(d)
+    )
     view = load_for_eval(ckpt, weights=str(backbone_file))
     assert reads == []  # the Checkpoint's parsed configs are used, not read again
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -149,7 +153,7 @@ def test_merge_reads_the_run_config_once(backbone_file, tmp_path, monkeypatch, c
 
 def test_a_backbone_that_cannot_be_built_is_a_checkpoint_error(backbone_file, tmp_path):
     from mosa.checkpoint import CheckpointError
-    from mosa.runs import load_for_eval
+    from mosa.evaluation import load_for_eval
 
     _, adapter = trained_adapter(backbone_file, tmp_path, "adapter")
     wrong = tmp_path / "wrong.safetensors"
@@ -157,3 +161,14 @@ def test_a_backbone_that_cannot_be_built_is_a_checkpoint_error(backbone_file, tm
     with pytest.raises(CheckpointError, match="cannot build backbone 'mosa_vit_fmnist'"):
         load_for_eval(adapter, weights=str(wrong))
     assert main(["merge", str(adapter), "--out", str(tmp_path / "m"), "--weights", str(wrong)]) == 2
+
+
+def test_usage_errors_name_python_arguments_and_the_cli_its_options():
+    e = UsageError("x: ", Arg("task", None), "; ", Arg("data", "a b"), ", ", Arg("split"))
+    assert str(e) == "x: pass task=None; data='a b', split=..."
+    assert usage_message(e) == "x: drop --task; --data 'a b', --split"
+    e = UsageError("evaluate ", Arg("data", bare=True), " with ", Arg("task", "digits"))
+    assert (str(e), usage_message(e)) == (
+        "evaluate data with task='digits'",
+        "evaluate --data with --task digits",
+    )

@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mosa.cli.main import main
+from mosa.cli.runs import usage_message
 from mosa.data import build_dataset, prepare_tasks
 from mosa.engine import DataConfig, OptimConfig, TrainConfig, train
-from mosa.runs import UsageError, evaluate_checkpoint, load_for_eval
+from mosa.evaluation import UsageError, evaluate_checkpoint, load_for_eval
 from mosa.state import state_of
 
 TASKS = ("digits", "fmnist_scale")
@@ -215,4 +216,5 @@ def test_evaluate_checkpoint_matches_mosa_eval_on_every_task(
     # one head per task: data without a task is ambiguous, said in Python's and the CLI's terms
     with pytest.raises(UsageError) as exc:
         evaluate_checkpoint(mosa_run, data=f"vtab:{root}:digits:val200")
-    assert "task='digits'" in str(exc.value) and "--task digits" in exc.value.cli
+    assert "evaluate data with, e.g. task='digits'" in str(exc.value)
+    assert "evaluate --data with, e.g. --task digits" in usage_message(exc.value)

@@ -31,8 +31,8 @@ from mosa.engine.data import eval_loader
 from mosa.engine.distributed import DistInfo
 from mosa.engine.evaluate import evaluate
 from mosa.engine.multitask import task_order
+from mosa.evaluation import adapter_tasks, load_for_eval
 from mosa.heads import attach_task_heads
-from mosa.runs import adapter_tasks, load_for_eval
 from mosa.state import state_of
 
 TASKS = ("digits", "fmnist_scale")

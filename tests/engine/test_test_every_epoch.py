@@ -44,7 +44,7 @@ def _flip_epoch_tests(monkeypatch: pytest.MonkeyPatch) -> None:
     def flipped(self: _Run, record: dict[str, Any]) -> None:
         real(self, record)
         if "test_acc" in record:
-            record["test_acc"] = 1.0 if self.config.optim.lr == min(LRS) else 0.0
+            record["test_acc"] = 1.0 if self.parts.config.optim.lr == min(LRS) else 0.0
 
     monkeypatch.setattr(_Run, "_record_test", flipped)
 

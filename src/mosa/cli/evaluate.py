@@ -1,5 +1,5 @@
 """``mosa eval``: top-1 of a trained adapter, merged as deployed
-(:func:`mosa.runs.evaluate_checkpoint` does the work)."""
+(:func:`mosa.evaluation.evaluate_checkpoint` does the work)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from mosa.cli.common import Subparsers, add_subparser, check_device
 from mosa.cli.runs import CliError, warn_if_random_backbone
+from mosa.evaluation import DATA_SPEC, evaluate_checkpoint, find_checkpoint
 from mosa.io import atomic_write_json
 from mosa.recipes import load_config
-from mosa.runs import DATA_SPEC, evaluate_checkpoint, find_checkpoint
 
 DESCRIPTION = """
 Rebuild the backbone named in adapter_config.json, load the adapter, merge it and

@@ -17,14 +17,14 @@ from mosa._version import __version__
 from mosa.checkpoint import CheckpointError
 from mosa.cli import bench, data, demo, evaluate, merge, recipes, report, sweep, train
 from mosa.cli.common import Formatter, examples
-from mosa.cli.runs import CliError
+from mosa.cli.runs import CliError, usage_message
 from mosa.config import ConfigError
 from mosa.data.errors import DataError
 from mosa.engine.errors import TrainingError
 from mosa.engine.preempt import PREEMPTED_EXIT_CODE, RunPreempted
+from mosa.evaluation import UsageError
 from mosa.executors import GridError
 from mosa.results.aggregate import ResultsError
-from mosa.runs import UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -47,7 +47,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 def one_line(e: BaseException) -> str:
     """An error as one line; in the command line's terms where the library states them."""
-    msg = " ".join(str(getattr(e, "cli", None) or e).split())  # multi-line messages: one line
+    text = usage_message(e) if isinstance(e, UsageError) else str(e)
+    msg = " ".join(text.split())  # multi-line messages: one line
     if isinstance(e, KeyError) and len(e.args) == 1:
         msg = str(e.args[0])
     return msg or type(e).__name__

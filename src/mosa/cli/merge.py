@@ -9,9 +9,9 @@ from pathlib import Path
 import mosa
 from mosa.cli.common import Subparsers, add_subparser
 from mosa.cli.runs import CliError, build_task_view
+from mosa.evaluation import Checkpoint, adapter_tasks, check_task, find_checkpoint
 from mosa.export import WEIGHTS_FILE, ExportError, export_timm
 from mosa.heads import TaskView
-from mosa.runs import Checkpoint, adapter_tasks, check_task, find_checkpoint
 
 DESCRIPTION = """
 Merge a trained adapter (MoSA experts -> one dense adapter; LoRA / MoSA-LoRA folded into
@@ -20,7 +20,7 @@ left (linear, full, lora, mosa_lora) it also writes model.safetensors, a plain t
 state_dict for timm.create_model(<backbone>, num_classes=K).
 
 A multi-task adapter's merged folder keeps every task head (load it with
-mosa.runs.load_for_eval(DIR, TASK), or 'mosa eval DIR --task TASK'). A plain timm
+mosa.evaluation.load_for_eval(DIR, TASK), or 'mosa eval DIR --task TASK'). A plain timm
 model has one classifier, so there model.safetensors (for the methods above) is
 written only with --task NAME: that task's head becomes the timm head.
 """
@@ -67,7 +67,7 @@ def _not_exported(
             f"{method} keeps its adapter modules after merging; load it with "
             "mosa.load_adapter(timm.create_model(...), DIR)"
         )
-    hint = f"mosa.runs.load_for_eval(DIR, {tasks[0]!r})"
+    hint = f"mosa.evaluation.load_for_eval(DIR, {tasks[0]!r})"
     if error.reason == "task":
         return (
             "model.safetensors not written: a plain timm model has one classifier and "

@@ -1,28 +1,38 @@
-"""The command line's view of a checkpoint: one-line errors and warnings around :mod:`mosa.runs`."""
+"""The command line's view of a checkpoint: one-line errors and warnings around
+:mod:`mosa.evaluation`, in the command line's terms (options, not Python arguments)."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import TYPE_CHECKING
 
 from mosa.engine.config import TrainConfig
-from mosa.runs import Checkpoint, find_checkpoint, load_for_eval, read_run_config
+from mosa.evaluation import Arg, Checkpoint, UsageError, load_for_eval
 
 if TYPE_CHECKING:
     from mosa.heads import TaskView
 
-__all__ = [
-    "CliError",
-    "Checkpoint",
-    "build_task_view",
-    "find_checkpoint",
-    "read_run_config",
-    "warn_if_random_backbone",
-]
+__all__ = ["CliError", "build_task_view", "option", "usage_message", "warn_if_random_backbone"]
 
 
 class CliError(ValueError):
     """Bad command-line input that is not a config, data or checkpoint problem."""
+
+
+def option(arg: Arg) -> str:
+    """An argument of a :class:`UsageError` as the command line's option (``--task digits``,
+    ``--split``; leaving it out: ``drop --task``)."""
+    if arg.value is None and not arg.bare:
+        return f"drop --{arg.name}"
+    if arg.bare or arg.value is ...:
+        return f"--{arg.name}"
+    return f"--{arg.name} {shlex.quote(str(arg.value))}"
+
+
+def usage_message(e: UsageError) -> str:
+    """``e`` with its arguments spelled as options."""
+    return "".join(p if isinstance(p, str) else option(p) for p in e.parts)
 
 
 def warn_if_random_backbone(
@@ -49,7 +59,7 @@ def build_task_view(
     weights: str | None = None,
     config: TrainConfig | None = None,
 ) -> TaskView:
-    """The checkpoint rebuilt and merged by ``mosa.runs.load_for_eval``, seen through
+    """The checkpoint rebuilt and merged by ``mosa.evaluation.load_for_eval``, seen through
     ``task``'s head (multi-task adapters; ``view.model`` holds every head; None for a
     single-task adapter), with a warning when its backbone gets random weights."""
     warn_if_random_backbone(ckpt, weights=weights, config=config)

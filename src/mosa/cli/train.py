@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import mosa.engine  # called as mosa.engine.train: tests and callers may swap it
 from mosa.cli.common import Subparsers, add_subparser, check_device, fmt_acc, trainable_and_seconds
 from mosa.cli.runs import CliError
 from mosa.engine.config import TrainConfig
-from mosa.recipes import dump_yaml, format_out, load_config
-from mosa.runs import resume_config
+from mosa.evaluation import read_run_config
+from mosa.recipes import apply_overrides, build_config, dump_yaml, format_out, load_config
+from mosa.runs import RUN_CONFIG
 
 DESCRIPTION = """
 Train one run. The config is a packaged recipe (see 'mosa recipes') or a YAML file;
@@ -63,6 +65,15 @@ def add_parser(subs: Subparsers, common: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="train through torch.compile (= compile=true)"
     )
     s.set_defaults(func=cmd_train)
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config to continue ``run_dir`` with: its ``config.json`` with ``key=value``
+    ``overrides`` applied, writing into ``run_dir`` again."""
+    run_dir = Path(run_dir)
+    tree = apply_overrides(read_run_config(run_dir).to_dict(), overrides)
+    tree["out"] = str(run_dir)
+    return build_config(tree, str(run_dir / RUN_CONFIG))
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

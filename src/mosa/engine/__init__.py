@@ -10,7 +10,8 @@ from mosa.engine.errors import (
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
 from mosa.engine.multitask import task_order
 from mosa.engine.optim import SparseAdamW, WarmupCosine, build_optimizer, lr_at
-from mosa.engine.trainer import seed_everything, train
+from mosa.engine.run_parts import seed_everything
+from mosa.engine.trainer import train
 from mosa.heads import TaskView
 
 __all__ = [

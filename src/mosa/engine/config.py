@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,3 +275,31 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten_config(v, f"{prefix}{i}."))
         return out
     return {prefix[:-1]: tree}
+
+
+def config_changes(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    ignore: Collection[str] = (),
+    automatic: bool = False,
+) -> dict[str, tuple[Any, Any]]:
+    """The dotted fields whose values differ between two config dicts, as ``{field: (saved,
+    current)}`` in field order.
+
+    Both go through JSON first, so tuples compare equal to the lists a saved config holds.
+    ``ignore``: fields, or whole top-level sections, never compared. With ``automatic``, a
+    field that ``current`` leaves None (filled in when the run resolves it) or that ``saved``
+    lacks (newer than the saved config) is no change.
+    """
+    a = flatten_config(json.loads(json.dumps(saved)))
+    b = flatten_config(json.loads(json.dumps(current)))
+    changes: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(a) | set(b)):
+        if k in ignore or k.split(".")[0] in ignore:
+            continue
+        if automatic and k in b and (b[k] is None or k not in a):
+            continue
+        if a.get(k) != b.get(k):
+            changes[k] = (a.get(k), b.get(k))
+    return changes

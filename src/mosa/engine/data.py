@@ -27,6 +27,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import mosa.backbones.zoo  # noqa: F401  (registers mosa_vit_fmnist with timm)
+from mosa.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_dataset, fewshot
+from mosa.data.fewshot import load_indices, save_indices
 from mosa.engine.config import DataConfig, TrainConfig
 from mosa.engine.distributed import DistInfo
 from mosa.engine.errors import ClassCountError, ResumeError
@@ -179,8 +181,6 @@ def resolve_input(
         size = size[-1]
     mean, std = cfg.get("mean"), cfg.get("std")
     if size is None or not mean or not std:
-        from mosa.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
         log.warning(
             "no pretrained_cfg for backbone %r: using image size 224 and ImageNet mean/std "
             "unless the data config sets them",
@@ -216,8 +216,6 @@ def _draw_shots(targets: Sequence[int], dcfg: DataConfig, seed: int) -> tuple[li
     """Fresh draw: (train indices, validation indices or None when the config has a val
     split). Validation takes ``val_shots`` (default: ``shots``, capped by what every class has
     left) per class from the undrawn images."""
-    from mosa.data import fewshot
-
     shots = int(dcfg.shots)  # type: ignore[arg-type]
     if dcfg.val_split is not None:
         return fewshot.few_shot_indices(targets, shots, seed), None
@@ -243,9 +241,6 @@ def _apply_shots(
     write: bool,
 ) -> tuple[Dataset, Dataset | None, str | None, str | None]:
     """(train subset, val, val note, indices file) of a few-shot task."""
-    from mosa.data.errors import DataError
-    from mosa.data.fewshot import load_indices, save_indices
-
     train_full = splits["train"]
     assert train_full is not None
     targets = dataset_targets(train_full)
@@ -370,8 +365,6 @@ def build_tasks(
 
 
 def _build_splits(dcfg: DataConfig) -> dict[str, Dataset | None]:
-    from mosa.data import build_dataset
-
     def make(split: str | None, train: bool) -> Dataset | None:
         if split is None:
             return None

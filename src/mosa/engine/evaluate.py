@@ -1,5 +1,5 @@
 """Top-1 evaluation in eval mode (MoSA projections use their merged weight, dropout is off);
-:func:`mosa.runs.load_for_eval` rebuilds a trained model to evaluate."""
+:func:`mosa.evaluation.load_for_eval` rebuilds a trained model to evaluate."""
 
 from __future__ import annotations
 

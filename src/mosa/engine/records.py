@@ -1,5 +1,6 @@
 """What a run reports: per-epoch metric records (``metrics.jsonl``), the log line of an epoch,
-and the run summary (``summary.json``). Pure functions of numbers the trainer measured."""
+and where the run ran (:mod:`mosa.engine.summary` makes the summary from them). Pure
+functions of numbers the trainer measured."""
 
 from __future__ import annotations
 
@@ -99,18 +100,6 @@ def epoch_record(
     }
 
 
-def test_by_epoch(history: list[dict[str, Any]], on: bool) -> dict[str, Any]:
-    """With ``eval.test_every_epoch``: the test accuracy after each epoch and the seconds
-    those evaluations took, as a record for comparison only (nothing selects on it)."""
-    if not on:
-        return {}
-    return {
-        "test_by_epoch": [r.get("test_acc") for r in history],
-        "test_by_epoch_seconds": sum(r.get("test_seconds") or 0.0 for r in history),
-        "test_by_epoch_note": "record only: the reported model is the final one, chosen by val",
-    }
-
-
 def _acc(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -166,38 +155,3 @@ def host(device: torch.device, info: DistInfo, amp: torch.dtype | None) -> dict[
         "amp": str(amp).replace("torch.", "") if amp else "off",
         "pid": os.getpid(),
     }
-
-
-def val_note(tasks: dict[str, dict[str, Any]], multitask: bool) -> str | None:
-    """Why val accuracy is missing or not held out, for the summary (None: nothing to say)."""
-    notes = [f"{n}: {e['val_note']}" for n, e in tasks.items() if e["val_note"]]
-    if not notes:
-        return None
-    return next(iter(tasks.values()))["val_note"] if not multitask else "; ".join(notes)
-
-
-def best_val(history: list[dict[str, Any]]) -> tuple[float | None, int | None]:
-    """The best val accuracy and its (earliest) epoch: information only."""
-    vals = [(r["val_acc"], r["epoch"]) for r in history if r.get("val_acc") is not None]
-    return max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
-
-
-def accuracies(tasks: dict[str, dict[str, Any]], multitask: bool) -> dict[str, float | None]:
-    """The summary's headline accuracies: a single task's, or the means over the tasks."""
-
-    def mean(key: str) -> float | None:
-        return _mean(task_values(tasks, key))
-
-    first = next(iter(tasks.values()))
-    return {
-        "val_acc": mean("val_acc") if multitask else first["val_acc"],
-        "test_acc": mean("test_acc") if multitask else first["test_acc"],
-        "mean_val_acc": mean("val_acc"),
-        "mean_test_acc": mean("test_acc"),
-    }
-
-
-def throughput(history: list[dict[str, Any]]) -> dict[str, float | None]:
-    images = sum(r.get("train_images", 0) for r in history)
-    train_s = sum(r.get("train_seconds", 0.0) for r in history)
-    return {"train_time_s": train_s, "images_per_s": images / train_s if train_s > 0 else None}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mosa.config import ConfigError
-from mosa.engine.config import TrainConfig, flatten_config
+from mosa.engine.config import TrainConfig, config_changes
 
 __all__ = ["config_differences", "execute", "reach_problems", "run_one", "run_status"]
 
@@ -48,21 +48,10 @@ def config_differences(run_dir: str | Path, config: TrainConfig) -> list[str]:
     if not path.is_file():
         return []
     try:
-        saved = flatten_config(json.loads(path.read_text()))
+        saved = json.loads(path.read_text())
     except ValueError:
         return []  # unreadable: the engine's own resume checks decide
-    mine = flatten_config(json.loads(json.dumps(config.to_dict())))  # tuples -> lists, as saved
-    diff = []
-    for k in sorted(set(saved) | set(mine)):
-        if k.split(".")[0] in _IGNORED_FIELDS:
-            continue
-        if k in mine and mine[k] is None:
-            continue
-        if k not in saved and k in mine:
-            continue  # a field newer than the saved config: nothing to compare with
-        if saved.get(k) != mine.get(k):
-            diff.append(k)
-    return diff
+    return list(config_changes(saved, config.to_dict(), ignore=_IGNORED_FIELDS, automatic=True))
 
 
 def _train_fn() -> TrainFn:

@@ -7,6 +7,7 @@ runs with a ``summary.json``, resumes runs with a ``last/`` checkpoint and start
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,29 @@ def _method_mixin(method: str) -> str | None:
     return str(mixin) if mixin.is_file() else None
 
 
+def _axis_overrides(shots: int | None, lr: float | None, seed: int | None) -> list[str]:
+    """The overrides of one grid point (an axis left out adds none)."""
+    over = []
+    if shots is not None:
+        over.append(f"data.shots={shots}")
+    if lr is not None:
+        over.append(f"optim.lr={lr!r}")
+    if seed is not None:
+        over += [f"seed={seed}", f"method.seed={seed}"]
+    return over
+
+
+def _planned_run(configs: list[str], overrides: list[str], root: Path) -> SweepRun:
+    """One run of the grid. The user's overrides come first and the sweep's axes last: the
+    folder name must describe what actually runs."""
+    cfg = load_config(configs, overrides)
+    label = "+".join(d.label for d in cfg.data)
+    shots = cfg.data[0].shots
+    rel = run_dir_name(label, cfg.method.method, cfg.optim.lr, cfg.seed, shots)
+    cfg.out = str(root / rel)
+    return SweepRun(label, cfg.method.method, cfg.optim.lr, cfg.seed, shots, root / rel, cfg)
+
+
 def plan_sweep(
     configs: Sequence[str],
     overrides: Sequence[str] = (),
@@ -118,35 +142,9 @@ def plan_sweep(
                 if mixin is not None:
                     method_configs.append(mixin)
                 axis_over.append(f"method.method={method}")
-            for k in shot_axis:
-                for lr in lr_axis:
-                    for seed in seed_axis:
-                        over = list(axis_over)
-                        if k is not None:
-                            over.append(f"data.shots={k}")
-                        if lr is not None:
-                            over.append(f"optim.lr={lr!r}")
-                        if seed is not None:
-                            over += [f"seed={seed}", f"method.seed={seed}"]
-                        # user overrides first, the sweep's axes last: the folder name must
-                        # describe what actually runs
-                        cfg = load_config(method_configs, [*overrides, *over])
-                        label = "+".join(d.label for d in cfg.data)
-                        rel = run_dir_name(
-                            label, cfg.method.method, cfg.optim.lr, cfg.seed, cfg.data[0].shots
-                        )
-                        cfg.out = str(root / rel)
-                        runs.append(
-                            SweepRun(
-                                label,
-                                cfg.method.method,
-                                cfg.optim.lr,
-                                cfg.seed,
-                                cfg.data[0].shots,
-                                root / rel,
-                                cfg,
-                            )
-                        )
+            for k, lr, seed in itertools.product(shot_axis, lr_axis, seed_axis):
+                over = [*axis_over, *_axis_overrides(k, lr, seed)]
+                runs.append(_planned_run(method_configs, [*overrides, *over], root))
     dirs = [r.run_dir for r in runs]
     if len(set(dirs)) != len(dirs):
         raise ConfigError("two runs of the sweep map to the same folder; check the axes")
