@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mosa.config import method_names
+from mosa.data.prepare import TASK_GROUPS
+from mosa.data.vtab import VTAB_TASKS
+
 __all__ = [
     "Cell",
     "ResultsError",
@@ -132,16 +136,11 @@ class Table:
 # ----------------------------------------------------------------------------- task groups
 def _families() -> list[tuple[str, list[str], dict[str, str]]]:
     """(family label, task order, task -> group): VTAB-1k, then the project's offline tasks."""
-    from mosa.data.vtab import VTAB_TASKS
-
-    fams = [("VTAB", list(VTAB_TASKS), {t: g for t, (g, _) in VTAB_TASKS.items()})]
-    try:  # the project's offline tasks carry a VTAB-like group too
-        from mosa.data.prepare import TASK_GROUPS
-
-        fams.append(("offline", list(TASK_GROUPS), dict(TASK_GROUPS)))
-    except ImportError:
-        pass
-    return fams
+    return [
+        ("VTAB", list(VTAB_TASKS), {t: g for t, (g, _) in VTAB_TASKS.items()}),
+        # the project's offline tasks carry a VTAB-like group too
+        ("offline", list(TASK_GROUPS), dict(TASK_GROUPS)),
+    ]
 
 
 def task_family(task: str) -> tuple[str, str] | None:
@@ -332,8 +331,6 @@ def build_table(runs: list[Run]) -> Table:
         grouped[(r.row, r.method)].append(r)
     task_of_row = {r.row: r.task for r in with_test}
     rows = sorted(task_of_row, key=lambda row: (*_task_order(task_of_row[row]), row))
-    from mosa.config import method_names
-
     present = {m for _, m in grouped}
     known = method_names()
     methods = [m for m in known if m in present] + sorted(present - set(known))
