@@ -29,6 +29,7 @@ from typing import Any
 
 from mosa.data.prepare import TASK_GROUPS, prepare_tasks
 from mosa.data.vtab import VTAB_TASKS
+from mosa.engine.summary import RunSummary
 from mosa.executors import ExecutorOptions, log_line, run_grid
 from mosa.io import atomic_write_json
 from mosa.recipes import load_config
@@ -149,29 +150,29 @@ def plan_run(
 
 def train_runs(
     runs: Sequence[SweepRun], options: ExecutorOptions, log: Callable[[str], None]
-) -> dict[Path, dict[str, Any]]:
+) -> dict[Path, RunSummary]:
     """Every run's summary (finished runs are read back, the others trained on the executor
     ``options`` names); :class:`mosa.executors.GridError` names the runs that failed, after
     the others finished."""
     result = run_grid(runs, options, log=log)
     result.raise_for_failures()
-    return result.summaries
+    return {d: RunSummary.from_dict(s) for d, s in result.summaries.items()}
 
 
-def _record(r: SweepRun, summary: dict[str, Any], grid: dict[str, float | None]) -> dict[str, Any]:
-    params = summary.get("params") or {}
+def _record(r: SweepRun, summary: RunSummary, grid: dict[str, float | None]) -> dict[str, Any]:
+    params = summary.params
     return {
         "task": r.task,
         "method": r.method,
         "seed": r.seed,
         "lr": r.lr,
-        "test_acc": summary.get("test_acc"),
-        "val_acc": summary.get("val_acc"),
+        "test_acc": summary.test_acc,
+        "val_acc": summary.val_acc,
         "trainable_params": params.get("trainable"),
         "total_params": params.get("total"),
-        "wall_s": summary.get("wall_time_s"),
-        "images_per_s": summary.get("images_per_s"),
-        "epochs": summary.get("epochs"),
+        "wall_s": summary.wall_time_s,
+        "images_per_s": summary.images_per_s,
+        "epochs": summary.epochs,
         "hyperparameters": {"lr": r.lr, "chosen_by": "val_acc at seed 0", "val_by_lr": grid},
         "run_dir": str(r.run_dir),
     }
@@ -210,10 +211,10 @@ def run_protocol(
     grids: dict[tuple[str, str], dict[str, float | None]] = {}
     for r in selection:
         key = (r.task, r.method)
-        val = done[r.run_dir].get("val_acc")
+        val = done[r.run_dir].val_acc
         grids.setdefault(key, {})[f"{r.lr:g}"] = val
         best = chosen.get(key)
-        best_val = done[best.run_dir].get("val_acc") if best else None
+        best_val = done[best.run_dir].val_acc if best else None
         if best is None or (val is not None and (best_val is None or val > best_val)):
             chosen[key] = r  # strict '>' keeps the smaller lr on ties (grids are ascending)
     first = [_record(r, done[r.run_dir], grids[(r.task, r.method)]) for r in chosen.values()]

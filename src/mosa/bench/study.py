@@ -69,6 +69,7 @@ from mosa.bench.study_report import (
     render_protocols,
     train_curves,
 )
+from mosa.engine.summary import RunSummary
 from mosa.executors import ExecutorOptions
 from mosa.io import atomic_write_bytes, atomic_write_json
 from mosa.recipes.sweep import SweepRun
@@ -76,8 +77,14 @@ from mosa.recipes.sweep import SweepRun
 __all__ = ["Study", "run_study", "write"]
 
 
-def _val(summary: dict[str, Any]) -> float:
-    v = summary.get("val_acc")
+def _recorded(summary: RunSummary | None) -> RunSummary | None:
+    """``summary`` when its run timed a per-epoch test record, else None."""
+    tests = summary.test_by_epoch if summary is not None else None
+    return summary if tests is not None and tests.seconds else None
+
+
+def _val(summary: RunSummary) -> float:
+    v = summary.val_acc
     return float(v) if v is not None else float("-inf")
 
 
@@ -102,7 +109,7 @@ class Study:
         )
         self.report_only = report_only  # read finished runs, train nothing
         self.cells: dict[tuple[str, str, str], Cell] = {}
-        self.done: dict[Path, dict[str, Any]] = {}
+        self.done: dict[Path, RunSummary] = {}
 
     def train(self, runs: Sequence[SweepRun]) -> None:
         """Train ``runs`` (finished ones are read back); with ``report_only``, only read."""
@@ -112,7 +119,7 @@ class Study:
         for r in runs:
             path = r.run_dir / "summary.json"
             if path.is_file():
-                self.done[r.run_dir] = json.loads(path.read_text())
+                self.done[r.run_dir] = RunSummary.from_dict(json.loads(path.read_text()))
 
     def cell(self, setting: str, variant: Variant, task: str) -> Cell:
         """The cell of ``variant`` on ``task`` in ``setting``, its seed-0 grid planned once."""
@@ -217,7 +224,7 @@ class Study:
             best = self.chosen(cell)
             if best is None:
                 continue
-            grid = {f"{r.lr:g}": self.done[r.run_dir].get("val_acc") for r in cell.grid}
+            grid = {f"{r.lr:g}": self.done[r.run_dir].val_acc for r in cell.grid}
             for r in [best, *[s for s in cell.seeds if s.run_dir in self.done]]:
                 summ = self.done[r.run_dir]
                 out.append(
@@ -229,11 +236,11 @@ class Study:
                         "task": cell.task,
                         "seed": r.seed,
                         "lr": r.lr,
-                        "val_acc": summ.get("val_acc"),
-                        "test_acc": summ.get("test_acc"),
-                        "train_acc": summ.get("final_train_acc"),
-                        "trainable_params": (summ.get("params") or {}).get("trainable"),
-                        "wall_s": summ.get("wall_time_s"),
+                        "val_acc": summ.val_acc,
+                        "test_acc": summ.test_acc,
+                        "train_acc": summ.final_train_acc,
+                        "trainable_params": summ.params.get("trainable"),
+                        "wall_s": summ.wall_time_s,
                         "val_by_lr": grid,
                         "test_by_epoch": self.test_record(r),
                         "run_dir": str(r.run_dir),
@@ -258,9 +265,9 @@ class Study:
     def test_record(self, run: SweepRun) -> list[float] | None:
         """``run``'s test accuracy after each epoch, from the run or its re-run (a record)."""
         for d in (run.run_dir, self.rerun_dir(run)):
-            record = self.done.get(d, {}).get("test_by_epoch")
-            if record:
-                return record
+            summ = self.done.get(d)
+            if summ is not None and summ.test_by_epoch is not None and summ.test_by_epoch.accs:
+                return summ.test_by_epoch.accs
         return None
 
     def record_tests(self, setting: str, variants: Sequence[Variant]) -> None:
@@ -345,8 +352,10 @@ class Study:
                 if rerun is None or r.run_dir not in self.done:
                     continue
                 total += 1
+                first = self.done[r.run_dir]
                 diffs = [
-                    abs(self.done[r.run_dir][k] - rerun[k]) * 100 for k in ("val_acc", "test_acc")
+                    abs(first.val_acc - rerun.val_acc) * 100,
+                    abs(first.test_acc - rerun.test_acc) * 100,
                 ]
                 same += max(diffs) == 0
                 worst = max(worst, *diffs)
@@ -357,13 +366,13 @@ class Study:
         spent: dict[str, list[float]] = {}
         for (setting, _, _), cell in self.cells.items():
             for r in [*cell.grid, *cell.seeds]:
-                summ = self.done.get(r.run_dir, {})
-                if not summ.get("test_by_epoch_seconds"):  # an older run: its re-run's cost
-                    summ = self.done.get(self.rerun_dir(r), {})
-                if summ.get("test_by_epoch_seconds") and summ.get("wall_time_s"):
+                summ = _recorded(self.done.get(r.run_dir))
+                if summ is None:  # an older run: its re-run's cost
+                    summ = _recorded(self.done.get(self.rerun_dir(r)))
+                if summ is not None and summ.wall_time_s:
                     acc = spent.setdefault(setting, [0.0, 0.0])
-                    acc[0] += summ["test_by_epoch_seconds"]
-                    acc[1] += summ["wall_time_s"]
+                    acc[0] += summ.test_by_epoch.seconds
+                    acc[1] += summ.wall_time_s
         return {s: t / w for s, (t, w) in spent.items() if w > 0}
 
 

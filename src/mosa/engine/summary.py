@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import mosa
@@ -55,6 +55,11 @@ class TaskSummary:
             d["label_offset"] = self.label_offset
             d["test_acc_union"] = self.test_acc_union
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskSummary:
+        """Read back a task entry of ``summary.json`` (keys a run did not write are None)."""
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
 
 
 def task_summary(
@@ -164,6 +169,19 @@ class RunSummary:
             "versions": self.versions,
             "host": self.host,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSummary:
+        """Read back ``summary.json``; keys an older version did not write are None (a run
+        without ``test_by_epoch`` recorded no per-epoch test)."""
+        values = {f.name: d.get(f.name) for f in fields(cls)}
+        values["tasks"] = {n: TaskSummary.from_dict(t) for n, t in (d.get("tasks") or {}).items()}
+        tests = d.get("test_by_epoch")
+        seconds = d.get("test_by_epoch_seconds") or 0.0
+        values["test_by_epoch"] = EpochTests(tests, seconds) if tests is not None else None
+        values["params"] = d.get("params") or {}
+        values["status"] = d.get("status") or "completed"
+        return cls(**values)
 
 
 def _mean(values: list[float]) -> float | None:
