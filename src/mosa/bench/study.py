@@ -53,6 +53,7 @@ from mosa.bench.study_plan import (
     MOSA_PAPER,
     PROTOCOL_SETTINGS,
     PROTOCOL_VARIANTS,
+    QUICK_BLOCK,
     SCREEN_SETTINGS,
     SETTINGS,
     SHARING,
@@ -434,7 +435,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
 
 
 def run_study(study: Study, *, quick: bool = False, seeds: bool = True) -> dict[str, Path]:
-    """Every block in order (``quick``: the base block only), the finalists' seeds after the
+    """Every block in order (``quick``: :data:`QUICK_BLOCK` only), the finalists' seeds after the
     first three blocks and then the paper's regimes (``seeds``: with their extra seeds),
     rewriting the report after each; returns the files of the last write."""
     start = time.perf_counter()
@@ -442,7 +443,7 @@ def run_study(study: Study, *, quick: bool = False, seeds: bool = True) -> dict[
     def save() -> dict[str, Path]:
         return write(study, study.out, time.perf_counter() - start)
 
-    blocks = BLOCKS[:1] if quick else BLOCKS
+    blocks = (QUICK_BLOCK,) if quick else BLOCKS
     for i, (setting, variants) in enumerate(blocks):
         study.run_block(setting, variants)
         save()

@@ -125,6 +125,9 @@ BLOCKS: tuple[tuple[str, tuple[Variant, ...]], ...] = (
     ("b64", (ADAPTER, ADAPTER_CONS, MOSA_PAPER)),
     ("base", (LORA, LORA_CONS, MOSA_LORA_PAPER)),
 )
+# --quick, a plumbing check that stays within minutes: one task, the base setting, the plain
+# adapter, the paper's MoSA and its first knob (a gap and a knob row, each on its lr grid)
+QUICK_BLOCK: tuple[str, tuple[Variant, ...]] = ("base", (ADAPTER, MOSA_PAPER, KNOBS[0]))
 FINAL_SEEDS = (1, 2)
 # the finals run after this many blocks (base, long, shots10): their answer matters most; the
 # bottleneck and LoRA blocks follow

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  mosa bench study --out runs/study          # the full study (resumable)\n"
-            "  mosa bench study --quick --out runs/sq     # one task, base block only: plumbing\n"
+            "  mosa bench study --quick --out runs/sq     # plumbing: one task, 3 rows, minutes\n"
             "run times: docs/bench_notes.md\n"
         ),
     )
@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", default=None, help=f"comma-separated tasks (default: {','.join(STUDY_TASKS)})"
     )
-    p.add_argument("--quick", action="store_true", help="one task, the base block, no extra seeds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one task, the base setting: adapter, the paper's MoSA and one knob; no extra seeds",
+    )
     p.add_argument("--no-seeds", action="store_true", help="screen only: skip the 3-seed finalists")
     p.add_argument(
         "--report-only",
