@@ -22,6 +22,7 @@ import mosa
 from mosa.engine.evaluate import autocast
 from mosa.engine.losses import classification_loss, hidden_consistency, symmetric_kl
 from mosa.engine.optim import ExpertTracker
+from mosa.model import SharedRoutes
 
 __all__ = [
     "STEP_STATS",
@@ -43,12 +44,6 @@ class HiddenStates(Protocol):
     """Collects block outputs during a forward (deep consistency); ``take`` empties it."""
 
     def take(self) -> Sequence[torch.Tensor]: ...
-
-
-class _Routes(Protocol):
-    def forward(
-        self, x: torch.Tensor, forward: Forward | None = None
-    ) -> tuple[torch.Tensor, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ def accumulate_gradients(
 
 
 def _micro_step(
-    routes: _Routes,
+    routes: SharedRoutes,
     x: torch.Tensor,
     target: torch.Tensor,
     objective: Objective,

@@ -179,6 +179,14 @@ class _Run:
         self.started = started  # this process's time.perf_counter() when it began
         self.progress = progress
         self.on_epoch_end = on_epoch_end
+        # what every step minimises: fixed for the run, so built once
+        self.objective = Objective(
+            consistency=parts.consistency,
+            label_smoothing=parts.config.optim.label_smoothing,
+            deep_weight=parts.config.deep_consistency_weight,
+            hidden=parts.capture,
+            amp=parts.amp,
+        )
 
     def train_epochs(self, state: TrainState) -> None:
         """The epochs after ``state.epoch``; a stop signal ends the run after an epoch (or
@@ -404,19 +412,12 @@ class _Run:
         ocfg, optimizer, tracker = p.config.optim, p.optim.optimizer, p.optim.tracker
         offset = p.layout.offsets[t]
         target = y + offset if offset else y  # joint head: union labels
-        objective = Objective(
-            consistency=p.consistency,
-            label_smoothing=ocfg.label_smoothing,
-            deep_weight=p.config.deep_consistency_weight,
-            hidden=p.capture,
-            amp=p.amp,
-        )
         begin_step(optimizer, tracker)
         totals = accumulate_gradients(
             p.model,
             x,
             target,
-            objective,
+            self.objective,
             forward=lambda xx: self._forward(xx, t),
             accumulate=ocfg.accumulate,
             # DDP all-reduces the gradients once, after the step's last micro-batch
