@@ -82,6 +82,11 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     assert ref_rows[("paper", "mosa_best")]["seeds"] == 3
     assert "selection on test" in (tmp_path / "out" / "study.md").read_text()
     assert res["protocol"]["test_record_cost"]["paper"] > 0
+    hours = res["protocol"]["run_hours"]  # every run trained, 1 s each, by setting
+    assert sum(h["runs"] for h in hours.values()) == len(calls)
+    paper_runs = sum("/paper/" in str(c["out"]) for c in calls)
+    assert hours["paper"] == {"runs": paper_runs, "hours": round(paper_runs / 3600, 2)}
+    assert "Run time per setting" in (tmp_path / "out" / "study.md").read_text()
     # the regimes: sharing levels with 10 shots, full fine-tuning in the paper's schedule
     cells = {(r["setting"], r["variant"]) for r in recs}
     assert {("shots10", v.name) for v in plan.SHARING} <= cells

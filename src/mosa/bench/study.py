@@ -67,6 +67,7 @@ from mosa.bench.study_report import (
     render,
     render_costs,
     render_curves,
+    render_hours,
     render_protocols,
     train_curves,
 )
@@ -376,6 +377,17 @@ class Study:
                     acc[1] += summ.wall_time_s
         return {s: t / w for s, (t, w) in spent.items() if w > 0}
 
+    def run_hours(self) -> dict[str, dict[str, float]]:
+        """Per setting: its finished runs (re-runs for the test record included) and the sum
+        of their wall times in hours (across resumes); the study runs them 2 at a time."""
+        per: dict[str, dict[str, float]] = {}
+        for run_dir, summ in self.done.items():
+            setting = run_dir.relative_to(self.out).parts[1]
+            acc = per.setdefault(setting, {"runs": 0, "hours": 0.0})
+            acc["runs"] += 1
+            acc["hours"] += summ.wall_time_s / 3600
+        return {s: {"runs": a["runs"], "hours": round(a["hours"], 2)} for s, a in per.items()}
+
 
 def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     records = study.records()
@@ -410,6 +422,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
         f"final val and test accuracy exactly; the others differ by up to {worst:.1f} points "
         "(reference figures come from the re-runs, clean ones from the originals)",
         "test_record_cost": study.test_record_cost(),
+        "run_hours": study.run_hours(),
         "backbone": "mosa_vit_fmnist",
         "wall_s": round(elapsed),
     }
@@ -421,7 +434,8 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     md = render(rows, records, study.tasks) + render_protocols(rows, ref_rows)
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
-    md += render_costs(study.test_record_cost()) + render_curves(curves)
+    md += render_costs(study.test_record_cost()) + render_hours(protocol["run_hours"])
+    md += render_curves(curves)
     atomic_write_bytes(out / "study.md", md.encode())
     png = (
         plot(rows, out / "study.png") if any(r.get("gap_test") is not None for r in rows) else None

@@ -145,6 +145,17 @@ def render_costs(costs: dict[str, float]) -> str:
     )
 
 
+def render_hours(hours: dict[str, dict[str, float]]) -> str:
+    """Each setting's cost: its finished runs and the sum of their wall times."""
+    if not hours:
+        return ""
+    parts = ", ".join(f"{s} {h['hours']:.1f} h over {h['runs']} runs" for s, h in hours.items())
+    return (
+        "\nRun time per setting (the sum of its finished runs' wall times, re-runs included; "
+        f"the study runs 2 at a time, 1 thread each): {parts}.\n"
+    )
+
+
 def render_curves(curves: dict[str, Any]) -> str:
     if not curves:
         return ""
