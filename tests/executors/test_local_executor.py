@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from grid_helpers import (
     EPOCHS,
+    RUNS,
     adapters,
     descendants,
     in_flight_with_checkpoint,
@@ -38,7 +39,7 @@ def test_a_killed_worker_is_replaced_and_its_run_resumes(small_digits: Path, tmp
         sweep.kill()
     text = (tmp_path / "pool.log").read_text()
     summaries = {p.parent: json.loads(p.read_text()) for p in out.glob("**/summary.json")}
-    assert len(summaries) == 6, text
+    assert len(summaries) == RUNS, text
     resumed = {d: s for d, s in summaries.items() if s["resumed_from_epoch"]}
     assert resumed, text  # a killed run continued from its checkpoint, not from scratch
     for run_dir, s in resumed.items():
@@ -48,5 +49,5 @@ def test_a_killed_worker_is_replaced_and_its_run_resumes(small_digits: Path, tmp
         assert epochs[-1]["resumed_from_epoch"] == s["resumed_from_epoch"]
     serial = tmp_path / "serial"
     run_to_end(sweep_argv(small_digits, serial, "--jobs", "1"))
-    assert adapters(out) == adapters(serial) and len(adapters(out)) == 6
+    assert adapters(out) == adapters(serial) and len(adapters(out)) == RUNS
     assert not list(out.glob("**/.last.tmp-*"))  # what the killed worker was writing is gone
