@@ -172,7 +172,7 @@ def test_a_run_that_fails_by_itself_is_reported_not_retried(
     assert [r["status"] for r in manifest] == ["failed", "trained"]
 
 
-def test_local_ray_listens_on_127_0_0_1_only_with_token_auth(tmp_path: Path):
+def test_local_ray_listens_on_127_0_0_1_only_with_token_auth_and_normal_priority(tmp_path: Path):
     code = """
 import json, os, subprocess, sys
 from mosa.executors import ExecutorOptions
@@ -181,7 +181,8 @@ ex = RayExecutor(ExecutorOptions(executor="ray", jobs=1), log=lambda s: None)
 import ray
 listen = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout.splitlines()
 ours = [ln for ln in listen if any(k in ln for k in ("raylet", "gcs_server", "ray::", f"pid={os.getpid()},"))]
-print(json.dumps({"listen": ours, "auth": os.environ.get("RAY_AUTH_MODE")}))
+nice = ray.get(ray.remote(lambda: os.nice(0)).remote())
+print(json.dumps({"listen": ours, "auth": os.environ.get("RAY_AUTH_MODE"), "nice": nice}))
 ex.close()
 """
     if shutil.which("ss") is None:
@@ -193,6 +194,7 @@ ex.close()
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     assert doc["auth"] == "token"
+    assert doc["nice"] == 0  # runs at the local executor's priority, not Ray's default 15
     assert doc["listen"], proc.stdout  # Ray's servers were seen ...
     for line in doc["listen"]:  # ... and every one of them on the loopback address only
         local = line.split()[3]
