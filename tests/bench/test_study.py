@@ -91,6 +91,8 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     cells = {(r["setting"], r["variant"]) for r in recs}
     assert {("shots10", v.name) for v in plan.SHARING} <= cells
     assert ("paper", "full") in cells and ("long", "mosa_best") in cells
+    paper = [r for r in recs if r["setting"] == "paper"]
+    assert all("optim.epochs=100" in r["setting_overrides"] for r in paper)
     assert (tmp_path / "out" / "study_trend.png").stat().st_size > 1000
     rows = {(r["setting"], r["variant"]): r for r in res["rows"]}
     assert rows[("base", "mosa_best")]["gap_test"] < 0  # reported, though test disagrees

@@ -235,6 +235,7 @@ class Study:
                         "variant": cell.variant.name,
                         "knob": cell.variant.knob,
                         "overrides": list(cell.variant.overrides),
+                        "setting_overrides": list(SETTINGS[cell.setting].overrides),
                         "task": cell.task,
                         "seed": r.seed,
                         "lr": r.lr,
