@@ -28,13 +28,13 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _argv(out: Path, root: Path) -> list[str]:
     return [sys.executable, "-m", "mosa", "train", "--out", str(out), "method=mosa",
-            f"data.root={root}", "optim.epochs=3", "optim.warmup_epochs=1",
+            f"data.root={root}", "optim.epochs=2", "optim.warmup_epochs=1",
             "optim.batch_size=32", "device=cpu"]  # fmt: skip
 
 
 def _one_epoch_run(root: Path, out: Path) -> None:
     argv = _argv(out, root)[3:]
-    argv[argv.index("optim.epochs=3")] = "optim.epochs=1"
+    argv[argv.index("optim.epochs=2")] = "optim.epochs=1"
     assert main(argv) == 0
 
 
@@ -51,7 +51,7 @@ def test_kill_9_mid_epoch_resumes_to_the_same_adapter(digits: Path, tmp_path: Pa
     proc = subprocess.Popen(_argv(out, digits), stderr=subprocess.PIPE, text=True, env=ENV)
     assert proc.stderr is not None
     for line in proc.stderr:
-        if line.startswith("mosa: epoch 1/3"):
+        if line.startswith("mosa: epoch 1/2"):
             break
     deadline = time.monotonic() + 60
     while not (out / "last" / "state.json").is_file() and time.monotonic() < deadline:
