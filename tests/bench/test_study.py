@@ -8,6 +8,7 @@ from typing import Any
 
 from mosa.bench import study_plan as plan
 from mosa.bench.study import Study
+from mosa.bench.study_report import verdict
 from mosa.cli.bench import study as study_cli
 from mosa.executors import ExecutorOptions, worker
 
@@ -97,6 +98,8 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     rows = {(r["setting"], r["variant"]): r for r in res["rows"]}
     assert rows[("base", "mosa_best")]["gap_test"] < 0  # reported, though test disagrees
     assert rows[("base", "mosa_best")]["seeds"] == 3
+    md = (tmp_path / "out" / "study.md").read_text()
+    assert "- base / mosa_best: " in md and " over 3 seeds: trails the adapter" in md
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000
     assert "mosa_best" in (tmp_path / "out" / "study.md").read_text()
     # resumable: a second invocation trains nothing
@@ -139,3 +142,15 @@ def test_runs_without_the_test_record_are_rerun_beside_and_never_replaced(
     assert s.rerun_agreement()[:2] == (0, 3)
     s.record_tests("base", [plan.ADAPTER])
     assert len(calls) == 3  # nothing re-run twice
+
+
+def test_verdict_needs_the_gap_beyond_its_seed_spread() -> None:
+    row = {"variant": "mosa_best", "gap_std": 1.0}
+    assert verdict({**row, "gap_test": 1.5}) == "beats"
+    assert verdict({**row, "gap_test": -1.5}) == "trails"
+    assert verdict({**row, "gap_test": 0.5}) == "level"
+    assert (
+        verdict({**row, "gap_test": -1.0}) == "level"
+    )  # a gap equal to the spread is not beyond it
+    assert verdict({**row, "gap_test": 3.0, "gap_std": None}) is None  # one seed: no spread
+    assert verdict({"variant": "adapter", "gap_test": 0.0, "gap_std": 0.0}) is None

@@ -69,6 +69,7 @@ from mosa.bench.study_report import (
     render_curves,
     render_hours,
     render_protocols,
+    render_verdicts,
     train_curves,
 )
 from mosa.engine.summary import RunSummary
@@ -432,7 +433,8 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     doc["reference_records"] = reference
     doc["adapter_train_acc"] = curves
     atomic_write_json(out / "study.json", doc)
-    md = render(rows, records, study.tasks) + render_protocols(rows, ref_rows)
+    md = render(rows, records, study.tasks) + render_verdicts(rows)
+    md += render_protocols(rows, ref_rows)
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
     md += render_costs(study.test_record_cost()) + render_hours(protocol["run_hours"])

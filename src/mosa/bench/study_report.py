@@ -103,6 +103,32 @@ def render(rows: list[dict[str, Any]], records: Records, tasks: Sequence[str]) -
     return "\n".join(lines) + "\n"
 
 
+def verdict(row: dict[str, Any]) -> str | None:
+    """``beats`` / ``trails`` the dense counterpart by more than the seed spread, or
+    ``level``; None for rows without a gap over several seeds."""
+    gap, std = row.get("gap_test"), row.get("gap_std")
+    if gap is None or std is None or row["variant"] in ("adapter", "lora"):
+        return None
+    return "beats" if gap - std > 0 else "trails" if gap + std < 0 else "level"
+
+
+_VERDICT_WORDS = {"beats": "beats", "trails": "trails", "level": "level, within the spread, with"}
+
+
+def render_verdicts(rows: list[dict[str, Any]]) -> str:
+    """One line per row with a gap over several seeds: is it beyond the seed spread?"""
+    lines = [
+        f"- {r['setting']} / {r['variant']}: {_gap(r)} over {r['seeds']} seeds: "
+        f"{_VERDICT_WORDS[verdict(r)]} the {r['reference']}"
+        for r in rows
+        if verdict(r) is not None
+    ]
+    if not lines:
+        return ""
+    head = "Beyond the seed spread? (gap to the dense counterpart on test, clean protocol)"
+    return "\n" + head + ":\n\n" + "\n".join(lines) + "\n"
+
+
 def render_protocols(clean: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
     """Both protocols' gaps to the adapter, for the cells that have a reference figure."""
     if not reference:
