@@ -27,7 +27,7 @@ def _fake_run_one(calls: list[dict[str, Any]]):
             "test_acc": test,
             "final_train_acc": 1.0,
             "params": {"trainable": 10},
-            "wall_time_s": 1.0,
+            "wall_time_s": 360.0,
         }
         if config.eval.test_every_epoch:  # the record peaks before the last epoch
             summary.update(test_by_epoch=[0.3, test + 0.02, test], test_by_epoch_seconds=0.25)
@@ -83,10 +83,10 @@ def test_study_chooses_on_val_and_writes_every_cell(tmp_path: Path, monkeypatch)
     assert ref_rows[("paper", "mosa_best")]["seeds"] == 3
     assert "selection on test" in (tmp_path / "out" / "study.md").read_text()
     assert res["protocol"]["test_record_cost"]["paper"] > 0
-    hours = res["protocol"]["run_hours"]  # every run trained, 1 s each, by setting
+    hours = res["protocol"]["run_hours"]  # every run trained, 6 minutes each, by setting
     assert sum(h["runs"] for h in hours.values()) == len(calls)
     paper_runs = sum("/paper/" in str(c["out"]) for c in calls)
-    assert hours["paper"] == {"runs": paper_runs, "hours": round(paper_runs / 3600, 2)}
+    assert hours["paper"] == {"runs": paper_runs, "hours": round(paper_runs / 10, 2)}
     assert "Run time per setting" in (tmp_path / "out" / "study.md").read_text()
     # the regimes: sharing levels with 10 shots, full fine-tuning in the paper's schedule
     cells = {(r["setting"], r["variant"]) for r in recs}
@@ -154,3 +154,4 @@ def test_verdict_needs_the_gap_beyond_its_seed_spread() -> None:
     )  # a gap equal to the spread is not beyond it
     assert verdict({**row, "gap_test": 3.0, "gap_std": None}) is None  # one seed: no spread
     assert verdict({"variant": "adapter", "gap_test": 0.0, "gap_std": 0.0}) is None
+    assert verdict({"variant": "adapter_cons", "gap_test": -2.0, "gap_std": 0.5}) is None  # dense

@@ -381,7 +381,7 @@ class Study:
 
     def run_hours(self) -> dict[str, dict[str, float]]:
         """Per setting: its finished runs (re-runs for the test record included) and the sum
-        of their wall times in hours (across resumes); the study runs them 2 at a time."""
+        of their wall times in hours (across resumes)."""
         per: dict[str, dict[str, float]] = {}
         for run_dir, summ in self.done.items():
             setting = run_dir.relative_to(self.out).parts[1]

@@ -43,6 +43,7 @@ def gaps(records: Records, key: str = "test_acc") -> list[dict[str, Any]]:
             diffs = _seed_diffs(tasks, ref, key)
             row["gap_test"] = statistics.fmean(diffs) if diffs else None
             row["gap_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
+            row["gap_seeds"] = len(diffs)
             if row["val"] is not None:
                 row["gap_val"] = row["val"] - statistics.fmean(_task_means(ref, "val_acc"))
             row["reference"] = ref_name
@@ -107,7 +108,7 @@ def verdict(row: dict[str, Any]) -> str | None:
     """``beats`` / ``trails`` the dense counterpart by more than the seed spread, or
     ``level``; None for rows without a gap over several seeds."""
     gap, std = row.get("gap_test"), row.get("gap_std")
-    if gap is None or std is None or row["variant"] in ("adapter", "lora"):
+    if gap is None or std is None or not row["variant"].startswith("mosa"):
         return None
     return "beats" if gap - std > 0 else "trails" if gap + std < 0 else "level"
 
@@ -118,7 +119,7 @@ _VERDICT_WORDS = {"beats": "beats", "trails": "trails", "level": "level, within 
 def render_verdicts(rows: list[dict[str, Any]]) -> str:
     """One line per row with a gap over several seeds: is it beyond the seed spread?"""
     lines = [
-        f"- {r['setting']} / {r['variant']}: {_gap(r)} over {r['seeds']} seeds: "
+        f"- {r['setting']} / {r['variant']}: {_gap(r)} over {r['gap_seeds']} seeds: "
         f"{_VERDICT_WORDS[verdict(r)]} the {r['reference']}"
         for r in rows
         if verdict(r) is not None
@@ -177,8 +178,8 @@ def render_hours(hours: dict[str, dict[str, float]]) -> str:
         return ""
     parts = ", ".join(f"{s} {h['hours']:.1f} h over {h['runs']} runs" for s, h in hours.items())
     return (
-        "\nRun time per setting (the sum of its finished runs' wall times, re-runs included; "
-        f"the study runs 2 at a time, 1 thread each): {parts}.\n"
+        "\nRun time per setting (the sum of its finished runs' wall times, re-runs included): "
+        f"{parts}.\n"
     )
 
 

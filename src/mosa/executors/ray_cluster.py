@@ -36,7 +36,7 @@ def _import_ray(local: bool) -> Any:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         os.environ["RAY_AUTH_MODE"] = "token"
         # the instance exists for this grid alone: its runs get the priority the local
-        # executor's get, not Ray's default worker niceness of 15 (docs/faq.md)
+        # executor's get, not 15 below them (Ray's default worker niceness; docs/faq.md)
         os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         import ray
