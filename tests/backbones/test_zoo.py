@@ -135,7 +135,7 @@ def test_offline_hub_miss_fails_at_once_with_one_clear_line(monkeypatch) -> None
 
     monkeypatch.setattr(zoo.socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(zoo.timm, "create_model", no_download)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(zoo.BackboneError) as err:
         zoo.load_backbone("vit_tiny_patch16_224", num_classes=3)
     msg = str(err.value)
     assert "\n" not in msg and "weights=PATH" in msg and "HF_HUB_OFFLINE=1" in msg

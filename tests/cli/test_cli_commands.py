@@ -178,6 +178,24 @@ def test_bad_input_is_one_line_on_stderr_with_exit_2(argv, message, tmp_path, ca
     assert message in captured.err
 
 
+def test_backbone_weights_that_cannot_be_read_are_one_line_with_exit_2(
+    tmp_path, monkeypatch, capsys
+):
+    from mosa.backbones.zoo import load_backbone
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+
+    def train(cfg, **kwargs):  # the engine's first step: the backbone with its weights
+        return load_backbone("mosa_vit_fmnist", num_classes=10, weights=str(bad))
+
+    monkeypatch.setattr(mosa.engine, "train", train, raising=False)
+    assert main(["train", "--out", str(tmp_path / "run"), f"weights={bad}"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mosa: error")]
+    assert len(err) == 1 and err[0].startswith("mosa: error: could not read "), err
+    assert "weights_only=False" not in err[0]  # never advise loading code from a weights file
+
+
 def test_debug_shows_the_exception(tmp_path):
     from mosa.config import ConfigError
 

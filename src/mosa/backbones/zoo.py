@@ -28,6 +28,7 @@ __all__ = [
     "MOSA_VIT_FMNIST_ARGS",
     "MOSA_VIT_FMNIST_FILE",
     "MOSA_VIT_FMNIST_RECORD",
+    "BackboneError",
     "WeightsMismatchError",
     "gray_to_model_input",
     "load_backbone",
@@ -125,7 +126,12 @@ _TORCH_EXTS = (".pth", ".pt", ".bin", ".ckpt")
 _MAX_KEYS_SHOWN = 12
 
 
-class WeightsMismatchError(RuntimeError):
+class BackboneError(RuntimeError):
+    """The backbone's weights cannot be fetched or read, or do not fit it (bad input, not a
+    bug: the command line reports it in one line)."""
+
+
+class WeightsMismatchError(BackboneError):
     """A state_dict does not fit the model; lists the offending keys."""
 
     def __init__(
@@ -173,12 +179,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # the unpickler's errors vary by torch version
-        raise RuntimeError(f"could not read {path} as a plain torch state_dict: {e}") from e
+        # torch's first sentence only: the rest advises weights_only=False, which runs code
+        why = str(e).split(". ")[0].strip()
+        raise BackboneError(f"could not read {path} as a plain torch state_dict: {why}") from e
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise RuntimeError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+        raise BackboneError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     state = dict(obj)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
@@ -257,8 +265,9 @@ def load_backbone(
       JAX/Flax ``.npz`` through timm's own loader (models with ``load_pretrained``, e.g. ViTs).
       Every key must match; only a head of another size is re-initialised, as in timm.
 
-    Raises FileNotFoundError for a missing file and WeightsMismatchError (naming the missing,
-    unexpected and mis-shaped keys) for a state_dict that does not fit.
+    Raises FileNotFoundError for a missing file, WeightsMismatchError (naming the missing,
+    unexpected and mis-shaped keys) for a state_dict that does not fit and BackboneError for
+    weights that cannot be fetched or read.
     """
     if Path(name_or_path).suffix.lower() in (".safetensors", ".npz", *_TORCH_EXTS):
         raise ValueError(
@@ -274,7 +283,7 @@ def load_backbone(
                 name_or_path, pretrained=pretrained, num_classes=num_classes, **kwargs
             )
         except OSError as e:  # no network / not in the hub cache
-            raise RuntimeError(
+            raise BackboneError(
                 f"could not fetch pretrained weights for {name_or_path!r} ({e}); pass a local "
                 "file with weights=PATH (.npz, .safetensors, .pth), set HF_HUB_OFFLINE=1 to use "
                 "the local hub cache only, or pretrained=false"

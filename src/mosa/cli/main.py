@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mosa._version import __version__
+from mosa.backbones.zoo import BackboneError
 from mosa.checkpoint import CheckpointError
 from mosa.cli import bench, data, demo, evaluate, merge, recipes, report, sweep, train
 from mosa.cli.common import Formatter, examples
@@ -33,6 +34,7 @@ COMMANDS = (train, evaluate, merge, data, report, sweep, recipes, bench, demo)
 
 # exceptions that mean bad input: reported in one line, exit code 2
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    BackboneError,
     ConfigError,
     DataError,
     CheckpointError,
