@@ -5,6 +5,6 @@ N-copy MoSA they compare against) and ``flops`` (analytic ViT FLOPs).
 
 A subpackage at the top of the layering: nothing else in the library imports it, and it does
 not import ``mosa.cli`` (whose ``mosa.cli.bench`` holds each suite's command line). It ships
-with the package so that ``mosa bench`` works from a pip install; docs/bench_notes.md says why
+with the package so that ``mosa bench`` works from a pip install; docs/bench-notes.md says why
 and holds what the suites measured.
 """

@@ -15,7 +15,7 @@ Protocol (the same on the project's offline suite and on anyone's VTAB-1k-layout
 Runs are independent folders (``OUT/runs/<task>/<method>/lr<lr>/seed<seed>``), so a killed
 benchmark resumes where it stopped; several runs train at once in separate processes. The
 table, its markdown and plot: :mod:`mosa.bench.accuracy_report`; the command line:
-:mod:`mosa.cli.bench.accuracy`. How the grids and rows were chosen: docs/bench_notes.md.
+:mod:`mosa.cli.bench.accuracy`. How the grids and rows were chosen: docs/bench-notes.md.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 METHODS = tuple(VARIANTS)
-# the main table's rows; the others stay available by name (why: docs/bench_notes.md)
+# the main table's rows; the others stay available by name (why: docs/bench-notes.md)
 TABLE_METHODS = (
     "linear", "adapter", "adapter_cons", "lora",
     "mosa_paper", "mosa_best", "mosa_lora_paper", "mosa_lora_best",
@@ -78,7 +78,7 @@ GAP_BASES = ("adapter", "lora")
 QUICK_METHODS = ("linear", "adapter", "adapter_cons", "mosa_paper", "mosa_best")
 TABLE_EPOCHS = 12
 # learning-rate grids per method, searched on val with seed 0 (AdamW, warm-up + cosine), also
-# by --quick; `--lrs` searches any other grid (how these were chosen: docs/bench_notes.md)
+# by --quick; `--lrs` searches any other grid (how these were chosen: docs/bench-notes.md)
 LR_GRID: dict[str, tuple[float, ...]] = {
     "linear": (1e-1, 3e-1),
     "full": (3e-4, 1e-3),

@@ -5,7 +5,7 @@ public peak statistic (``torch.accelerator.memory_stats`` is empty for the CPU, 
 profiler's public tables give each op's net allocation, not the running total), so
 :func:`cpu_step_peak` reads the allocator's running total from the allocation events of
 ``torch.profiler``'s event tree, a private interface: when it changes, the CPU peak is None.
-Why not RSS or tracemalloc: docs/bench_notes.md.
+Why not RSS or tracemalloc: docs/bench-notes.md.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MEMORY_METHOD_CUDA = (
 MEMORY_METHOD_CPU = (
     f"{_RESIDENT}, read from torch's CPU allocator: one step run under torch.profiler with "
     "profile_memory=True, whose allocation events carry the allocator's running total of live "
-    "bytes; the peak of that total minus its value before the step (see docs/bench_notes.md)"
+    "bytes; the peak of that total minus its value before the step (see docs/bench-notes.md)"
 )
 
 

@@ -1,5 +1,5 @@
 """What ``mosa bench speed`` measures: its variants, its presets and the adapter settings they
-share. How long each preset runs is in docs/bench_notes.md."""
+share. How long each preset runs is in docs/bench-notes.md."""
 
 from __future__ import annotations
 

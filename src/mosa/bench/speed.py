@@ -171,7 +171,7 @@ def run_speed_bench(
     px, batch 128, bf16 autocast), ``cpu`` (a 6-block ViT-Ti-like model at 32 px, patch 8,
     batch 32, float32, 1 thread) or ``quick`` (a tiny model, a few steps: plumbing only).
     ``model`` names any timm model (random weights). ``threads``: CPU intra-op threads; on
-    CPU the default is 1 (why: docs/bench_notes.md). ``compile``: add the ``torch.compile``
+    CPU the default is 1 (why: docs/bench-notes.md). ``compile``: add the ``torch.compile``
     rows (their compilation happens in the warm-up).
     """
     t_start = time.perf_counter()

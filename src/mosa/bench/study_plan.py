@@ -1,6 +1,6 @@
 """What ``mosa bench study`` trains: its settings, its variants (the paper's MoSA, one knob
 changed at a time, the dense controls) and the order its blocks run in. Why these tasks and
-variants: docs/bench_notes.md."""
+variants: docs/bench-notes.md."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ LORA_CONS = Variant(
     "lora_cons", "methods/lora", ("optim.eps=1e-6", "method.rank=8", "optim.consistency=1.0")
 )
 MOSA_LORA_PAPER = Variant("mosa_lora_paper", "methods/mosa_lora_paper", ("method.rank=8",))
-# the regime indicator (docs/bench_notes.md)
+# the regime indicator (docs/bench-notes.md)
 FULL = Variant("full", "methods/full", ("optim.eps=1e-6",))
 
 # one factor at a time, each from the paper's MoSA

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  mosa bench accuracy --quick                      # 3 tasks, 1 seed\n"
             "  mosa bench accuracy --out runs/bench_accuracy    # the full offline suite, 3 seeds\n"
             "  mosa bench accuracy --data-root DIR --tasks a,b,c --out OUT   # your own VTAB-layout tasks\n"
-            "run times: docs/bench_notes.md\n"
+            "run times: docs/bench-notes.md\n"
         ),
     )
     p.add_argument("--out", default="runs/bench_accuracy", help="output folder (resumable)")

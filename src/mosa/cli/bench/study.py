@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  mosa bench study --out runs/study          # the full study (resumable)\n"
             "  mosa bench study --quick --out runs/sq     # plumbing: one task, 3 rows, minutes\n"
-            "run times: docs/bench_notes.md\n"
+            "run times: docs/bench-notes.md\n"
         ),
     )
     p.add_argument("--out", default="runs/study", help="output folder (resumable)")
