@@ -55,6 +55,12 @@ class ExecutorOptions:
             raise ConfigError(f"max_retries={self.max_retries} must not be negative")
         if self.cpus_per_run < 0 or self.gpus_per_run < 0:
             raise ConfigError("cpus_per_run and gpus_per_run must not be negative")
+        if self.gpus_per_run and self.executor == "local":
+            raise ConfigError(
+                "--gpus-per-run sizes Ray tasks and the local executor would ignore it: use "
+                "--executor ray (a local Ray instance packs runs on this machine's GPUs) or "
+                "--ray-address for a cluster"
+            )
 
     @property
     def run_threads(self) -> int:
