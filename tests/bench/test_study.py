@@ -149,9 +149,8 @@ def test_verdict_needs_the_gap_beyond_its_seed_spread() -> None:
     assert verdict({**row, "gap_test": 1.5}) == "beats"
     assert verdict({**row, "gap_test": -1.5}) == "trails"
     assert verdict({**row, "gap_test": 0.5}) == "level"
-    assert (
-        verdict({**row, "gap_test": -1.0}) == "level"
-    )  # a gap equal to the spread is not beyond it
+    # a gap equal to the spread is not beyond it
+    assert verdict({**row, "gap_test": -1.0}) == "level"
     assert verdict({**row, "gap_test": 3.0, "gap_std": None}) is None  # one seed: no spread
     assert verdict({"variant": "adapter", "gap_test": 0.0, "gap_std": 0.0}) is None
     assert verdict({"variant": "adapter_cons", "gap_test": -2.0, "gap_std": 0.5}) is None  # dense

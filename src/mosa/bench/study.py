@@ -437,7 +437,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     md += render_protocols(rows, ref_rows)
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
-    md += render_costs(study.test_record_cost()) + render_hours(protocol["run_hours"])
+    md += render_costs(protocol["test_record_cost"]) + render_hours(protocol["run_hours"])
     md += render_curves(curves)
     atomic_write_bytes(out / "study.md", md.encode())
     png = (

@@ -113,16 +113,13 @@ def verdict(row: dict[str, Any]) -> str | None:
     return "beats" if gap - std > 0 else "trails" if gap + std < 0 else "level"
 
 
-_VERDICT_WORDS = {"beats": "beats", "trails": "trails", "level": "level, within the spread, with"}
-
-
 def render_verdicts(rows: list[dict[str, Any]]) -> str:
     """One line per row with a gap over several seeds: is it beyond the seed spread?"""
     lines = [
         f"- {r['setting']} / {r['variant']}: {_gap(r)} over {r['gap_seeds']} seeds: "
-        f"{_VERDICT_WORDS[verdict(r)]} the {r['reference']}"
+        f"{'level, within the spread, with' if v == 'level' else v} the {r['reference']}"
         for r in rows
-        if verdict(r) is not None
+        if (v := verdict(r)) is not None
     ]
     if not lines:
         return ""

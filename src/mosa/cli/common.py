@@ -34,6 +34,10 @@ def csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
+# the bench suites' epilogs end with where their run times are written down
+RUN_TIMES = "\nrun times: docs/bench-notes.md\n"
+
+
 def examples(*lines: str) -> str:
     """A help epilog listing example command lines."""
     return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)

@@ -12,7 +12,13 @@ from typing import Any
 
 from mosa.bench import accuracy as bench
 from mosa.bench.accuracy_report import write_results
-from mosa.cli.common import add_executor_arguments, executor_options
+from mosa.cli.common import (
+    RUN_TIMES,
+    Formatter,
+    add_executor_arguments,
+    examples,
+    executor_options,
+)
 from mosa.executors import log_line
 
 PROG = "mosa bench accuracy"
@@ -24,14 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  mosa bench accuracy --quick                      # 3 tasks, 1 seed\n"
-            "  mosa bench accuracy --out runs/bench_accuracy    # the full offline suite, 3 seeds\n"
-            "  mosa bench accuracy --data-root DIR --tasks a,b,c --out OUT   # your own VTAB-layout tasks\n"
-            "run times: docs/bench-notes.md\n"
-        ),
+        formatter_class=Formatter,
+        epilog=examples(
+            "mosa bench accuracy --quick                      # 3 tasks, 1 seed",
+            "mosa bench accuracy --out runs/bench_accuracy    # the full offline suite, 3 seeds",
+            "mosa bench accuracy --data-root DIR --tasks a,b,c --out OUT   # your own VTAB-layout tasks",
+        )
+        + RUN_TIMES,
     )
     p.add_argument("--out", default="runs/bench_accuracy", help="output folder (resumable)")
     p.add_argument(

@@ -7,6 +7,7 @@ import sys
 
 from mosa.bench.speed import run_speed_bench
 from mosa.bench.speed_report import format_speed_table
+from mosa.cli.common import RUN_TIMES, Formatter, examples
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mosa bench speed",
         description="``mosa bench speed``: training and inference cost of every method on one "
         "backbone, in one run.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  mosa bench speed --device cpu --compile --out runs/bench_speed_cpu.json\n"
-            "  mosa bench speed --device cuda --compile --out runs/bench_speed_cuda.json\n"
-            "  mosa bench speed --quick                   # plumbing: seconds\n"
-            "run times: docs/bench-notes.md\n"
-        ),
+        formatter_class=Formatter,
+        epilog=examples(
+            "mosa bench speed --device cpu --compile --out runs/bench_speed_cpu.json",
+            "mosa bench speed --device cuda --compile --out runs/bench_speed_cuda.json",
+            "mosa bench speed --quick                   # plumbing: seconds",
+        )
+        + RUN_TIMES,
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", default=None, help="write the JSON result here")

@@ -10,7 +10,13 @@ from pathlib import Path
 from mosa.bench import study as bench
 from mosa.bench.accuracy import default_jobs, task_root
 from mosa.bench.study_plan import QUICK_TASKS, STUDY_TASKS
-from mosa.cli.common import add_executor_arguments, executor_options
+from mosa.cli.common import (
+    RUN_TIMES,
+    Formatter,
+    add_executor_arguments,
+    examples,
+    executor_options,
+)
 from mosa.executors import log_line
 
 PROG = "mosa bench study"
@@ -21,13 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description=(bench.__doc__ or "").split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  mosa bench study --out runs/study          # the full study (resumable)\n"
-            "  mosa bench study --quick --out runs/sq     # plumbing: one task, 3 rows, minutes\n"
-            "run times: docs/bench-notes.md\n"
-        ),
+        formatter_class=Formatter,
+        epilog=examples(
+            "mosa bench study --out runs/study          # the full study (resumable)",
+            "mosa bench study --quick --out runs/sq     # plumbing: one task, 3 rows, minutes",
+        )
+        + RUN_TIMES,
     )
     p.add_argument("--out", default="runs/study", help="output folder (resumable)")
     p.add_argument(
