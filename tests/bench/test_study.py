@@ -154,3 +154,28 @@ def test_verdict_needs_the_gap_beyond_its_seed_spread() -> None:
     assert verdict({**row, "gap_test": 3.0, "gap_std": None}) is None  # one seed: no spread
     assert verdict({"variant": "adapter", "gap_test": 0.0, "gap_std": 0.0}) is None
     assert verdict({"variant": "adapter_cons", "gap_test": -2.0, "gap_std": 0.5}) is None  # dense
+
+
+def test_a_tie_reaching_inside_the_grid_does_not_extend_it(tmp_path: Path, monkeypatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(worker, "run_one", _fake_run_one(calls))
+    (tmp_path / "data" / "t1").mkdir(parents=True)
+    s = Study(tmp_path, str(tmp_path / "data"), ("t1",), ExecutorOptions(jobs=1), lambda _: None)
+    cell = s.cell("base", plan.ADAPTER, "t1")
+    lrs = sorted(r.lr for r in cell.grid)
+
+    def finish(vals: dict[float, float]) -> None:
+        for r in cell.grid:
+            r.run_dir.mkdir(parents=True, exist_ok=True)
+            summary = {"val_acc": vals[r.lr], "test_acc": 0.5}
+            (r.run_dir / "summary.json").write_text(json.dumps(summary))
+
+    finish(dict.fromkeys(lrs, 0.995))  # a saturated task: every lr ties on val
+    s.run_block("base", [plan.ADAPTER])
+    assert not calls and s.chosen(cell).lr == lrs[1]  # interior, then the smaller
+    # a grid end that wins outright still extends the grid, as before
+    s2 = Study(tmp_path / "b", str(tmp_path / "data"), ("t1",), ExecutorOptions(jobs=1), lambda _: None)
+    cell = s2.cell("base", plan.ADAPTER, "t1")
+    finish({lr: 0.9 if lr == lrs[0] else 0.8 for lr in lrs})
+    s2.run_block("base", [plan.ADAPTER])
+    assert [c["lr"] for c in calls][:1] == [lrs[0] / 2]

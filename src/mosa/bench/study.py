@@ -2,8 +2,9 @@
 
 The protocol is ``mosa bench accuracy``'s: every cell (setting x variant x task) trains on
 ``train800`` (or a k-shot draw from it) at seed 0 for each learning rate of its grid, the
-learning rate with the best ``val200`` accuracy is chosen (ties: the smaller; where it is a
-grid end, the grid grows past it, x2 or /2, up to twice), and the final model's test
+learning rate with the best ``val200`` accuracy is chosen (ties: an interior learning rate,
+then the smaller; where it is a grid end, the grid grows past it, x2 or /2, up to twice), and
+the final model's test
 accuracy is reported; the test split never chooses anything.
 
 Screening moves one factor at a time from a base setting (8 epochs, 800 images, bottleneck 8)
@@ -137,10 +138,14 @@ class Study:
         return self.cells[key]
 
     def chosen(self, cell: Cell) -> SweepRun | None:
+        """Val's choice in the cell's grid, or None until every grid run is done. A grid end
+        tied with an interior lr loses the tie: the plateau reaches inside the grid, so there
+        is nothing past the end to look for (a saturated task would otherwise walk off it)."""
         runs = [r for r in cell.grid if r.run_dir in self.done]
         if len(runs) < len(cell.grid):
             return None
-        return max(runs, key=lambda r: (_val(self.done[r.run_dir]), -r.lr))
+        ends = (min(r.lr for r in runs), max(r.lr for r in runs))
+        return max(runs, key=lambda r: (_val(self.done[r.run_dir]), r.lr not in ends, -r.lr))
 
     def run_block(self, setting: str, variants: Sequence[Variant]) -> None:
         cells = [self.cell(setting, v, t) for v in variants for t in self.tasks]
@@ -415,7 +420,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
             for k, s in SETTINGS.items()
         },
         "common": list(COMMON),
-        "selection": "lr with the best val200 accuracy at seed 0 (ties: smaller lr; a grid end "
+        "selection": "lr with the best val200 accuracy at seed 0 (ties: an interior lr, then the smaller; a grid end "
         "chosen on val extends the grid by x2 or /2, up to twice); test never chooses",
         "mosa_best": "the paper's MoSA plus every knob whose base-setting val mean beat the paper's",
         "reference_protocol": "for comparison only, selection on test: seed 0's best test "
