@@ -174,7 +174,9 @@ def test_a_tie_reaching_inside_the_grid_does_not_extend_it(tmp_path: Path, monke
     s.run_block("base", [plan.ADAPTER])
     assert not calls and s.chosen(cell).lr == lrs[1]  # interior, then the smaller
     # a grid end that wins outright still extends the grid, as before
-    s2 = Study(tmp_path / "b", str(tmp_path / "data"), ("t1",), ExecutorOptions(jobs=1), lambda _: None)
+    s2 = Study(
+        tmp_path / "b", str(tmp_path / "data"), ("t1",), ExecutorOptions(jobs=1), lambda _: None
+    )
     cell = s2.cell("base", plan.ADAPTER, "t1")
     finish({lr: 0.9 if lr == lrs[0] else 0.8 for lr in lrs})
     s2.run_block("base", [plan.ADAPTER])
