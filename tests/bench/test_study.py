@@ -8,7 +8,7 @@ from typing import Any
 
 from mosa.bench import study_plan as plan
 from mosa.bench.study import Study
-from mosa.bench.study_report import verdict
+from mosa.bench.study_report import gaps, render, verdict
 from mosa.cli.bench import study as study_cli
 from mosa.executors import ExecutorOptions, worker
 
@@ -181,3 +181,19 @@ def test_a_tie_reaching_inside_the_grid_does_not_extend_it(tmp_path: Path, monke
     finish({lr: 0.9 if lr == lrs[0] else 0.8 for lr in lrs})
     s2.run_block("base", [plan.ADAPTER])
     assert [c["lr"] for c in calls][:1] == [lrs[0] / 2]
+
+
+def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
+
+    def rec(variant: str, task: str, test: float) -> dict[str, Any]:
+        where = {"setting": "paper", "variant": variant, "task": task, "seed": 0, "lr": 0.01}
+        return where | {"test_acc": test, "val_acc": test, "knob": None}
+
+    records = [rec("adapter", t, 0.8) for t in ("t1", "t2")] + [rec("mosa_paper", "t1", 0.9)]
+    rows = {r["variant"]: r for r in gaps(records + [rec("mosa_paper", "t2", 0.7)], n_tasks=2)}
+    assert abs(rows["mosa_paper"]["gap_test"]) < 1e-9  # complete: (10 - 10) / 2
+    # mosa_paper on t1 only, adapter on both: a gap over t1 alone would read +10
+    rows = gaps(records, n_tasks=2)
+    assert [r.get("gap_test") for r in rows] == [0.0, None]
+    md = render(rows, records, ("t1", "t2"))
+    assert "| paper | mosa_paper (1 of 2 tasks so far) |  | 1 | 90.0 | 90.0 | — |" in md

@@ -398,10 +398,10 @@ class Study:
 
 def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     records = study.records()
-    rows = gaps(records)
+    rows = gaps(records, n_tasks=len(study.tasks))
     reference = study.reference_records()
     ref_rows = sorted(
-        (r for r in gaps(reference) if r["setting"] in PROTOCOL_SETTINGS),
+        (r for r in gaps(reference, n_tasks=len(study.tasks)) if r["setting"] in PROTOCOL_SETTINGS),
         key=lambda r: (
             PROTOCOL_SETTINGS.index(r["setting"]),
             PROTOCOL_VARIANTS.index(r["variant"]),
@@ -420,8 +420,9 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
             for k, s in SETTINGS.items()
         },
         "common": list(COMMON),
-        "selection": "lr with the best val200 accuracy at seed 0 (ties: an interior lr, then the smaller; a grid end "
-        "chosen on val extends the grid by x2 or /2, up to twice); test never chooses",
+        "selection": "lr with the best val200 accuracy at seed 0 (ties: an interior lr, then "
+        "the smaller; a grid end chosen on val extends the grid by x2 or /2, up to twice); "
+        "test never chooses",
         "mosa_best": "the paper's MoSA plus every knob whose base-setting val mean beat the paper's",
         "reference_protocol": "for comparison only, selection on test: seed 0's best test "
         "accuracy over every epoch and lr of its grid; other seeds: their best epoch at that lr",
@@ -439,7 +440,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     doc["adapter_train_acc"] = curves
     atomic_write_json(out / "study.json", doc)
     md = render(rows, records, study.tasks) + render_verdicts(rows)
-    md += render_protocols(rows, ref_rows)
+    md += render_protocols(rows, ref_rows, len(study.tasks))
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
     md += render_costs(protocol["test_record_cost"]) + render_hours(protocol["run_hours"])

@@ -23,9 +23,12 @@ DATA_AXIS = {"shots10": 10, "base": 80}  # images per class (800 images over 10 
 TREND_VARIANTS = ("mosa_paper", "mosa_best")
 
 
-def gaps(records: Records, key: str = "test_acc") -> list[dict[str, Any]]:
+def gaps(
+    records: Records, key: str = "test_acc", n_tasks: int | None = None
+) -> list[dict[str, Any]]:
     """Per setting x variant: the mean of ``key`` and val over tasks (seed-averaged per task),
-    and the gap of ``key`` to the adapter (LoRA for LoRA variants) with its seed spread."""
+    and the gap of ``key`` to the adapter (LoRA for LoRA variants) with its seed spread; no
+    gap for a row that has fewer than ``n_tasks`` tasks yet."""
     by: dict[tuple[str, str], dict[str, Records]] = {}
     for r in records:
         by.setdefault((r["setting"], r["variant"]), {}).setdefault(r["task"], []).append(r)
@@ -39,7 +42,7 @@ def gaps(records: Records, key: str = "test_acc") -> list[dict[str, Any]]:
         row["val"] = statistics.fmean(vals) if vals else None
         row["seeds"] = min(len(v) for v in tasks.values())
         row["knob"] = next(iter(tasks.values()))[0].get("knob")
-        if ref and set(ref) == set(tasks):
+        if ref and set(ref) == set(tasks) and len(tasks) >= (n_tasks or 0):
             diffs = _seed_diffs(tasks, ref, key)
             row["gap_test"] = statistics.fmean(diffs) if diffs else None
             row["gap_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
@@ -86,7 +89,7 @@ def render(rows: list[dict[str, Any]], records: Records, tasks: Sequence[str]) -
     ]
     for r in rows:
         lines.append(
-            f"| {r['setting']} | {r['variant']} | {r['knob'] or ''} | {r['seeds']} | "
+            f"| {r['setting']} | {_name(r, len(tasks))} | {r['knob'] or ''} | {r['seeds']} | "
             f"{r['val']:.1f} | {r['test']:.1f} | {_gap(r)} |"
         )
     lines += ["", "Per task (test %, seed 0 at the lr chosen on val; lr in brackets):", ""]
@@ -102,6 +105,13 @@ def render(rows: list[dict[str, Any]], records: Records, tasks: Sequence[str]) -
         cells = [f"{100 * t[k]['test_acc']:.1f} ({t[k]['lr']:g})" if k in t else "—" for k in tasks]
         lines.append(f"| {setting} | {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _name(row: dict[str, Any], n_tasks: int) -> str:
+    """The row's variant, marked while it misses tasks: its mean is over fewer tasks, not
+    comparable to the other rows'."""
+    missing = row["tasks"] < n_tasks
+    return row["variant"] + (f" ({row['tasks']} of {n_tasks} tasks so far)" if missing else "")
 
 
 def verdict(row: dict[str, Any]) -> str | None:
@@ -127,7 +137,9 @@ def render_verdicts(rows: list[dict[str, Any]]) -> str:
     return "\n" + head + ":\n\n" + "\n".join(lines) + "\n"
 
 
-def render_protocols(clean: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
+def render_protocols(
+    clean: list[dict[str, Any]], reference: list[dict[str, Any]], n_tasks: int
+) -> str:
     """Both protocols' gaps to the adapter, for the cells that have a reference figure."""
     if not reference:
         return ""
@@ -149,11 +161,12 @@ def render_protocols(clean: list[dict[str, Any]], reference: list[dict[str, Any]
             if c and c.get("gap_test") is not None and r.get("gap_test") is not None
             else "—"
         )
+        name = _name(r, n_tasks)
         lines.append(
-            f"| {r['setting']} | {r['variant']} | {r['seeds']} | "
+            f"| {r['setting']} | {name} | {r['seeds']} | "
             f"{c['test']:.1f} | {_gap(c)} | {r['test']:.1f} | {_gap(r)} | {moved} |"
             if c
-            else f"| {r['setting']} | {r['variant']} | {r['seeds']} | — | — | "
+            else f"| {r['setting']} | {name} | {r['seeds']} | — | — | "
             f"{r['test']:.1f} | {_gap(r)} | — |"
         )
     return "\n".join(lines) + "\n"
