@@ -8,7 +8,7 @@ from typing import Any
 
 from mosa.bench import study_plan as plan
 from mosa.bench.study import Study
-from mosa.bench.study_report import gaps, render, verdict
+from mosa.bench.study_report import gaps, render, render_grid_ends, verdict
 from mosa.cli.bench import study as study_cli
 from mosa.executors import ExecutorOptions, worker
 
@@ -197,3 +197,24 @@ def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
     assert [r.get("gap_test") for r in rows] == [0.0, None]
     md = render(rows, records, ("t1", "t2"))
     assert "| paper | mosa_paper (1 of 2 tasks so far) |  | 1 | 90.0 | 90.0 | — |" in md
+
+
+def test_the_grid_grows_past_a_winning_end_up_to_its_cap(tmp_path: Path, monkeypatch) -> None:
+    def run_one(config):  # val keeps rising with the lr: the top end always wins
+        summary = {"val_acc": config.optim.lr, "test_acc": 0.5, "wall_time_s": 1.0}
+        Path(config.out).mkdir(parents=True)
+        (Path(config.out) / "summary.json").write_text(json.dumps(summary))
+        return "new", summary
+
+    monkeypatch.setattr(worker, "run_one", run_one)
+    (tmp_path / "data" / "t1").mkdir(parents=True)
+    s = Study(tmp_path, str(tmp_path / "data"), ("t1",), ExecutorOptions(jobs=1), lambda _: None)
+    s.run_block("base", [plan.ADAPTER])
+    cell = s.cell("base", plan.ADAPTER, "t1")
+    top = max(plan.SETTINGS["base"].lrs_of("adapter"))
+    assert plan.MAX_EXTENSIONS == 4
+    assert sorted(r.lr for r in cell.grid)[-5:] == [top * 2**k for k in range(5)]
+    assert s.chosen(cell).lr == top * 2**4  # still an end: the cap stops the walk
+    ends = render_grid_ends(s.records())
+    assert f"base / adapter / t1 (lr {top * 2**4:g})" in ends
+    assert render_grid_ends([]) == ""

@@ -3,7 +3,7 @@
 The protocol is ``mosa bench accuracy``'s: every cell (setting x variant x task) trains on
 ``train800`` (or a k-shot draw from it) at seed 0 for each learning rate of its grid, the
 learning rate with the best ``val200`` accuracy is chosen (ties: an interior learning rate,
-then the smaller; where it is a grid end, the grid grows past it, x2 or /2, up to twice), and
+then the smaller; where it is a grid end, the grid grows past it, x2 or /2, up to four times), and
 the final model's test
 accuracy is reported; the test split never chooses anything.
 
@@ -68,6 +68,7 @@ from mosa.bench.study_report import (
     render,
     render_costs,
     render_curves,
+    render_grid_ends,
     render_hours,
     render_protocols,
     render_verdicts,
@@ -421,7 +422,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
         },
         "common": list(COMMON),
         "selection": "lr with the best val200 accuracy at seed 0 (ties: an interior lr, then "
-        "the smaller; a grid end chosen on val extends the grid by x2 or /2, up to twice); "
+        "the smaller; a grid end chosen on val extends the grid by x2 or /2, up to four times); "
         "test never chooses",
         "mosa_best": "the paper's MoSA plus every knob whose base-setting val mean beat the paper's",
         "reference_protocol": "for comparison only, selection on test: seed 0's best test "
@@ -440,7 +441,7 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     doc["adapter_train_acc"] = curves
     atomic_write_json(out / "study.json", doc)
     md = render(rows, records, study.tasks) + render_verdicts(rows)
-    md += render_protocols(rows, ref_rows, len(study.tasks))
+    md += render_grid_ends(records) + render_protocols(rows, ref_rows, len(study.tasks))
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
     md += render_costs(protocol["test_record_cost"]) + render_hours(protocol["run_hours"])

@@ -133,7 +133,7 @@ FINAL_SEEDS = (1, 2)
 # bottleneck and LoRA blocks follow
 FINALS_AFTER = 3
 # a cell whose val optimum sits at a grid end gets the next lr beyond it, up to this many times
-MAX_EXTENSIONS = 2
+MAX_EXTENSIONS = 4
 COMMON = (
     "data.train_split=train800",
     "data.val_split=val200",

@@ -172,6 +172,21 @@ def render_protocols(
     return "\n".join(lines) + "\n"
 
 
+def render_grid_ends(records: Records) -> str:
+    """The cells whose val choice is still a grid end after the grid's extensions: their
+    optimum may lie beyond what was tried."""
+    ends = [
+        f"{r['setting']} / {r['variant']} / {r['task']} (lr {r['lr']:g})"
+        for r in records
+        if r["seed"] == 0
+        and len(lrs := sorted(float(k) for k in r.get("val_by_lr") or {})) > 1
+        and r["lr"] in (lrs[0], lrs[-1])
+    ]
+    if not ends:
+        return ""
+    return "\nStill at a grid end on val after its extensions: " + "; ".join(ends) + ".\n"
+
+
 def render_costs(costs: dict[str, float]) -> str:
     """What the per-epoch test record added to each setting's runs."""
     if not costs:
