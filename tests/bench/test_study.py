@@ -184,7 +184,6 @@ def test_a_tie_reaching_inside_the_grid_does_not_extend_it(tmp_path: Path, monke
 
 
 def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
-
     def rec(variant: str, task: str, test: float) -> dict[str, Any]:
         where = {"setting": "paper", "variant": variant, "task": task, "seed": 0, "lr": 0.01}
         return where | {"test_acc": test, "val_acc": test, "knob": None}

@@ -3,9 +3,8 @@
 The protocol is ``mosa bench accuracy``'s: every cell (setting x variant x task) trains on
 ``train800`` (or a k-shot draw from it) at seed 0 for each learning rate of its grid, the
 learning rate with the best ``val200`` accuracy is chosen (ties: an interior learning rate,
-then the smaller; where it is a grid end, the grid grows past it, x2 or /2, up to four times), and
-the final model's test
-accuracy is reported; the test split never chooses anything.
+then the smaller; where it is a grid end, the grid grows past it, x2 or /2, up to four times),
+and the final model's test accuracy is reported; the test split never chooses anything.
 
 Screening moves one factor at a time from a base setting (8 epochs, 800 images, bottleneck 8)
 and a base MoSA (the paper's: ``methods/mosa_paper``), with one seed. Then the MoSA knobs whose
