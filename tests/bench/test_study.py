@@ -8,7 +8,14 @@ from typing import Any
 
 from mosa.bench import study_plan as plan
 from mosa.bench.study import Study
-from mosa.bench.study_report import gaps, render, render_grid_ends, verdict
+from mosa.bench.study_report import (
+    gaps,
+    matched_gaps,
+    render,
+    render_grid_ends,
+    render_protocols,
+    verdict,
+)
 from mosa.cli.bench import study as study_cli
 from mosa.executors import ExecutorOptions, worker
 
@@ -196,6 +203,21 @@ def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
     assert [r.get("gap_test") for r in rows] == [0.0, None]
     md = render(rows, records, ("t1", "t2"))
     assert "| paper | mosa_paper (1 of 2 tasks so far) |  | 1 | 90.0 | 90.0 | — |" in md
+
+
+def test_both_protocols_compare_the_same_seeds() -> None:
+    def rec(variant: str, seed: int, test: float) -> dict[str, Any]:
+        where = {"setting": "paper", "variant": variant, "task": "t1", "seed": seed, "lr": 0.01}
+        return where | {"test_acc": test, "val_acc": test, "knob": None}
+
+    # clean gaps -6, -2, -1 over seeds 0..2; the reference figure exists for seed 0 only
+    clean = [rec("adapter", s, 0.8) for s in range(3)]
+    clean += [rec("mosa_paper", s, t) for s, t in enumerate((0.74, 0.78, 0.79))]
+    reference = [rec("adapter", 0, 0.82), rec("mosa_paper", 0, 0.77)]
+    ref_rows = gaps(reference, n_tasks=1)
+    md = render_protocols(matched_gaps(clean, reference, 1), ref_rows, 1)
+    # seed 0 moved from -6 to -5; against the 3-seed clean mean (-3) it would read -2
+    assert "| paper | mosa_paper | 1 | 74.0 | -6.0 | 77.0 | -5.0 | +1.0 |" in md
 
 
 def test_the_grid_grows_past_a_winning_end_up_to_its_cap(tmp_path: Path, monkeypatch) -> None:

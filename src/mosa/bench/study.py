@@ -62,6 +62,7 @@ from mosa.bench.study_plan import (
 )
 from mosa.bench.study_report import (
     gaps,
+    matched_gaps,
     plot,
     plot_trend,
     render,
@@ -440,7 +441,8 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     doc["adapter_train_acc"] = curves
     atomic_write_json(out / "study.json", doc)
     md = render(rows, records, study.tasks) + render_verdicts(rows)
-    md += render_grid_ends(records) + render_protocols(rows, ref_rows, len(study.tasks))
+    matched = matched_gaps(records, reference, len(study.tasks))
+    md += render_grid_ends(records) + render_protocols(matched, ref_rows, len(study.tasks))
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
     md += render_costs(protocol["test_record_cost"]) + render_hours(protocol["run_hours"])
