@@ -220,6 +220,19 @@ def test_both_protocols_compare_the_same_seeds() -> None:
     assert "| paper | mosa_paper | 1 | 74.0 | -6.0 | 77.0 | -5.0 | +1.0 |" in md
 
 
+def test_a_row_averages_its_tasks_over_the_seeds_they_share() -> None:
+    def rec(variant: str, task: str, seed: int, test: float) -> dict[str, Any]:
+        where = {"setting": "paper", "variant": variant, "task": task, "seed": seed, "lr": 0.01}
+        return where | {"test_acc": test, "val_acc": test, "knob": None}
+
+    # t1's finals are done (seeds 1 and 2 far lower), t2 has seed 0 only
+    records = [rec("adapter", t, 0, 0.8) for t in ("t1", "t2")]
+    records += [rec("adapter", "t1", s, 0.5) for s in (1, 2)]
+    rows = {r["variant"]: r for r in gaps(records, n_tasks=2)}
+    assert rows["adapter"]["seeds"] == 1
+    assert abs(rows["adapter"]["test"] - 80.0) < 1e-9  # not (60 + 80) / 2
+
+
 def test_the_grid_grows_past_a_winning_end_up_to_its_cap(tmp_path: Path, monkeypatch) -> None:
     def run_one(config):  # val keeps rising with the lr: the top end always wins
         summary = {"val_acc": config.optim.lr, "test_acc": 0.5, "wall_time_s": 1.0}

@@ -33,7 +33,8 @@ def gaps(
     for r in records:
         by.setdefault((r["setting"], r["variant"]), {}).setdefault(r["task"], []).append(r)
     rows = []
-    for (setting, variant), tasks in by.items():
+    for (setting, variant), all_seeds in by.items():
+        tasks = _common_seeds(all_seeds)
         ref_name = "lora" if "lora" in variant else "adapter"
         ref = by.get((setting, ref_name))
         row = {"setting": setting, "variant": variant, "tasks": len(tasks)}
@@ -47,11 +48,18 @@ def gaps(
             row["gap_test"] = statistics.fmean(diffs) if diffs else None
             row["gap_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
             row["gap_seeds"] = len(diffs)
-            if row["val"] is not None:
-                row["gap_val"] = row["val"] - statistics.fmean(_task_means(ref, "val_acc"))
+            if row["val"] is not None and (val_diffs := _seed_diffs(tasks, ref, "val_acc")):
+                row["gap_val"] = statistics.fmean(val_diffs)
             row["reference"] = ref_name
         rows.append(row)
     return rows
+
+
+def _common_seeds(tasks: dict[str, Records]) -> dict[str, Records]:
+    """Each task's records at the seeds every task has, so that a row's task means cover the
+    same seeds (a row whose finals are under way would otherwise mix 3 seeds with 1)."""
+    seeds = set.intersection(*({r["seed"] for r in recs} for recs in tasks.values()))
+    return {t: [r for r in recs if r["seed"] in seeds] for t, recs in tasks.items()}
 
 
 def _task_means(tasks: dict[str, Records], key: str) -> list[float]:
