@@ -58,6 +58,7 @@ from mosa.bench.study_plan import (
     SETTINGS,
     SHARING,
     Cell,
+    at_grid_end,
     plan_run,
 )
 from mosa.bench.study_report import (
@@ -164,7 +165,7 @@ class Study:
         the cell's grid, or None when val chose an interior point."""
         best = self.chosen(cell)
         lrs = sorted(r.lr for r in cell.grid)
-        if best is None or best.lr not in (lrs[0], lrs[-1]) or len(lrs) < 2:
+        if best is None or not at_grid_end(best.lr, lrs):
             return None
         lr = lrs[-1] * 2 if best.lr == lrs[-1] else lrs[0] / 2
         run = plan_run(

@@ -4,6 +4,7 @@ variants: docs/bench-notes.md."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,13 @@ class Cell:
     grid: list[SweepRun] = field(default_factory=list)
     seeds: list[SweepRun] = field(default_factory=list)
     ref_seeds: list[SweepRun] = field(default_factory=list)  # at the lr test chose (record)
+
+
+def at_grid_end(lr: float, lrs: Iterable[float]) -> bool:
+    """Whether ``lr`` is the smallest or the largest of a grid of two or more: val's optimum
+    may then lie beyond what was tried."""
+    lrs = sorted(lrs)
+    return len(lrs) > 1 and lr in (lrs[0], lrs[-1])
 
 
 def plan_run(

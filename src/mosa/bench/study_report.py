@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mosa.bench.study_plan import at_grid_end
 from mosa.io import atomic_write_bytes
 
 Records = list[dict[str, Any]]
@@ -198,9 +199,7 @@ def render_grid_ends(records: Records) -> str:
     ends = [
         f"{r['setting']} / {r['variant']} / {r['task']} (lr {r['lr']:g})"
         for r in records
-        if r["seed"] == 0
-        and len(lrs := sorted(float(k) for k in r.get("val_by_lr") or {})) > 1
-        and r["lr"] in (lrs[0], lrs[-1])
+        if r["seed"] == 0 and at_grid_end(r["lr"], map(float, r.get("val_by_lr") or {}))
     ]
     if not ends:
         return ""
