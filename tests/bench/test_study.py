@@ -190,13 +190,17 @@ def test_a_tie_reaching_inside_the_grid_does_not_extend_it(tmp_path: Path, monke
     assert [c["lr"] for c in calls][:1] == [lrs[0] / 2]
 
 
-def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
-    def rec(variant: str, task: str, test: float) -> dict[str, Any]:
-        where = {"setting": "paper", "variant": variant, "task": task, "seed": 0, "lr": 0.01}
-        return where | {"test_acc": test, "val_acc": test, "knob": None}
+def _rec(variant: str, task: str, seed: int, test: float) -> dict[str, Any]:
+    """A study record of the paper setting whose val and test accuracies are both ``test``."""
+    where = {"setting": "paper", "variant": variant, "task": task, "seed": seed, "lr": 0.01}
+    return where | {"test_acc": test, "val_acc": test, "knob": None}
 
-    records = [rec("adapter", t, 0.8) for t in ("t1", "t2")] + [rec("mosa_paper", "t1", 0.9)]
-    rows = {r["variant"]: r for r in gaps(records + [rec("mosa_paper", "t2", 0.7)], n_tasks=2)}
+
+def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
+    records = [_rec("adapter", t, 0, 0.8) for t in ("t1", "t2")] + [
+        _rec("mosa_paper", "t1", 0, 0.9)
+    ]
+    rows = {r["variant"]: r for r in gaps(records + [_rec("mosa_paper", "t2", 0, 0.7)], n_tasks=2)}
     assert abs(rows["mosa_paper"]["gap_test"]) < 1e-9  # complete: (10 - 10) / 2
     # mosa_paper on t1 only, adapter on both: a gap over t1 alone would read +10
     rows = gaps(records, n_tasks=2)
@@ -206,14 +210,10 @@ def test_a_row_still_missing_tasks_is_marked_and_has_no_gap() -> None:
 
 
 def test_both_protocols_compare_the_same_seeds() -> None:
-    def rec(variant: str, seed: int, test: float) -> dict[str, Any]:
-        where = {"setting": "paper", "variant": variant, "task": "t1", "seed": seed, "lr": 0.01}
-        return where | {"test_acc": test, "val_acc": test, "knob": None}
-
     # clean gaps -6, -2, -1 over seeds 0..2; the reference figure exists for seed 0 only
-    clean = [rec("adapter", s, 0.8) for s in range(3)]
-    clean += [rec("mosa_paper", s, t) for s, t in enumerate((0.74, 0.78, 0.79))]
-    reference = [rec("adapter", 0, 0.82), rec("mosa_paper", 0, 0.77)]
+    clean = [_rec("adapter", "t1", s, 0.8) for s in range(3)]
+    clean += [_rec("mosa_paper", "t1", s, t) for s, t in enumerate((0.74, 0.78, 0.79))]
+    reference = [_rec("adapter", "t1", 0, 0.82), _rec("mosa_paper", "t1", 0, 0.77)]
     ref_rows = gaps(reference, n_tasks=1)
     md = render_protocols(matched_gaps(clean, reference, 1), ref_rows, 1)
     # seed 0 moved from -6 to -5; against the 3-seed clean mean (-3) it would read -2
@@ -221,13 +221,9 @@ def test_both_protocols_compare_the_same_seeds() -> None:
 
 
 def test_a_row_averages_its_tasks_over_the_seeds_they_share() -> None:
-    def rec(variant: str, task: str, seed: int, test: float) -> dict[str, Any]:
-        where = {"setting": "paper", "variant": variant, "task": task, "seed": seed, "lr": 0.01}
-        return where | {"test_acc": test, "val_acc": test, "knob": None}
-
     # t1's finals are done (seeds 1 and 2 far lower), t2 has seed 0 only
-    records = [rec("adapter", t, 0, 0.8) for t in ("t1", "t2")]
-    records += [rec("adapter", "t1", s, 0.5) for s in (1, 2)]
+    records = [_rec("adapter", t, 0, 0.8) for t in ("t1", "t2")]
+    records += [_rec("adapter", "t1", s, 0.5) for s in (1, 2)]
     rows = {r["variant"]: r for r in gaps(records, n_tasks=2)}
     assert rows["adapter"]["seeds"] == 1
     assert abs(rows["adapter"]["test"] - 80.0) < 1e-9  # not (60 + 80) / 2
