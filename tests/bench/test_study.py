@@ -214,9 +214,13 @@ def test_both_protocols_compare_the_same_seeds() -> None:
     clean = [_rec("adapter", "t1", s, 0.8) for s in range(3)]
     clean += [_rec("mosa_paper", "t1", s, t) for s, t in enumerate((0.74, 0.78, 0.79))]
     reference = [_rec("adapter", "t1", 0, 0.82), _rec("mosa_paper", "t1", 0, 0.77)]
-    ref_rows = gaps(reference, n_tasks=1)
-    md = render_protocols(matched_gaps(clean, reference, 1), ref_rows, 1)
+    md = render_protocols(*matched_gaps(clean, reference, 1), 1)
     # seed 0 moved from -6 to -5; against the 3-seed clean mean (-3) it would read -2
+    assert "| paper | mosa_paper | 1 | 74.0 | -6.0 | 77.0 | -5.0 | +1.0 |" in md
+    # the other way round: 3 reference seeds (gaps -5, -1, 0), a clean figure for seed 0
+    reference += [_rec("adapter", "t1", s, 0.8) for s in (1, 2)]
+    reference += [_rec("mosa_paper", "t1", s, t) for s, t in ((1, 0.79), (2, 0.8))]
+    md = render_protocols(*matched_gaps(clean[:1] + clean[3:4], reference, 1), 1)
     assert "| paper | mosa_paper | 1 | 74.0 | -6.0 | 77.0 | -5.0 | +1.0 |" in md
 
 

@@ -402,8 +402,9 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     records = study.records()
     rows = gaps(records, n_tasks=len(study.tasks))
     reference = study.reference_records()
+    matched, ref_rows = matched_gaps(records, reference, len(study.tasks))
     ref_rows = sorted(
-        (r for r in gaps(reference, n_tasks=len(study.tasks)) if r["setting"] in PROTOCOL_SETTINGS),
+        (r for r in ref_rows if r["setting"] in PROTOCOL_SETTINGS),
         key=lambda r: (
             PROTOCOL_SETTINGS.index(r["setting"]),
             PROTOCOL_VARIANTS.index(r["variant"]),
@@ -442,7 +443,6 @@ def write(study: Study, out: Path, elapsed: float) -> dict[str, Path]:
     doc["adapter_train_acc"] = curves
     atomic_write_json(out / "study.json", doc)
     md = render(rows, records, study.tasks) + render_verdicts(rows)
-    matched = matched_gaps(records, reference, len(study.tasks))
     md += render_grid_ends(records) + render_protocols(matched, ref_rows, len(study.tasks))
     if reruns:
         md += f"\n{protocol['reruns']}.\n"
@@ -505,7 +505,7 @@ def _regimes(study: Study, save: Callable[[], object], seeds: bool) -> None:
         study.run_seeds("shots10", [ADAPTER, winner], FINAL_SEEDS)
     save()
     for setting in ("base", "shots10"):
-        _protocols(study, setting, bests, seeds)
+        _protocols(study, setting, [ADAPTER, ADAPTER_CONS, MOSA_PAPER, *bests], seeds)
         save()
     study.run_block("long", bests)
     if seeds:
@@ -516,16 +516,19 @@ def _regimes(study: Study, save: Callable[[], object], seeds: bool) -> None:
     if seeds:
         study.run_seeds("paper", finalists, FINAL_SEEDS)
         save()
-    for setting in ("long", "paper"):
-        _protocols(study, setting, bests, seeds)
-        save()
+    # the MoSA-vs-adapter answer first, then its consistency control
+    for variants in (finalists, [ADAPTER_CONS]):
+        for setting in ("long", "paper"):
+            _protocols(study, setting, variants, seeds)
+            save()
 
 
-def _protocols(study: Study, setting: str, bests: list[Variant], seeds: bool) -> None:
-    """The per-epoch test record of the adapter, its consistency control and the MoSAs in
-    ``setting`` (re-running older runs), with the extra seeds at the lr test chose."""
-    variants = [ADAPTER, ADAPTER_CONS, MOSA_PAPER, *bests]
+def _protocols(study: Study, setting: str, variants: list[Variant], seeds: bool) -> None:
+    """The per-epoch test record of ``variants`` in ``setting`` (re-running older runs); with
+    ``seeds``, their clean finals and the extra seeds at the lr test chose, so that both
+    protocols cover the same seeds."""
     study.record_tests(setting, variants)
     if seeds:
+        study.run_seeds(setting, variants, FINAL_SEEDS)
         study.run_reference_seeds(setting, variants, FINAL_SEEDS)
         study.record_tests(setting, variants)

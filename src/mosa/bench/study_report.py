@@ -150,18 +150,21 @@ def _run_key(r: dict[str, Any]) -> tuple[str, str, str, int]:
     return r["setting"], r["variant"], r["task"], r["seed"]
 
 
-def matched_gaps(records: Records, reference: Records, n_tasks: int) -> list[dict[str, Any]]:
-    """The clean protocol's rows over exactly the runs (task x seed) that have a reference
-    figure, so that a row with 3 clean seeds and 1 reference seed compares that one seed."""
-    keys = {_run_key(r) for r in reference}
-    return gaps([r for r in records if _run_key(r) in keys], n_tasks=n_tasks)
+def matched_gaps(
+    records: Records, reference: Records, n_tasks: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Both protocols' rows (clean, reference) over exactly the runs (task x seed) that have
+    both figures, so that a row with 3 seeds on one side and 1 on the other compares one."""
+    keys = {_run_key(r) for r in reference} & {_run_key(r) for r in records}
+    clean = gaps([r for r in records if _run_key(r) in keys], n_tasks=n_tasks)
+    return clean, gaps([r for r in reference if _run_key(r) in keys], n_tasks=n_tasks)
 
 
 def render_protocols(
     clean: list[dict[str, Any]], reference: list[dict[str, Any]], n_tasks: int
 ) -> str:
     """Both protocols' gaps to the adapter, for the cells that have a reference figure;
-    ``clean`` from :func:`matched_gaps`."""
+    both lists from :func:`matched_gaps`."""
     if not reference:
         return ""
     by_clean = {(r["setting"], r["variant"]): r for r in clean}
