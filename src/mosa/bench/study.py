@@ -293,8 +293,10 @@ class Study:
                     for r in runs
                     if r.run_dir in self.done and self.test_record(r) is None
                 ]
+        new = [r for r in todo if not (r.run_dir / "summary.json").is_file()]
+        if new:  # re-runs finished in an earlier session are only read back
+            self.log(f"re-running {len(new)} run(s) of {setting} for the per-epoch test record")
         if todo:
-            self.log(f"re-running {len(todo)} run(s) of {setting} for the per-epoch test record")
             self.train(todo)
 
     def reference_lr(self, cell: Cell) -> float | None:
